@@ -1,0 +1,384 @@
+"""Validated, immutable configuration of Noisy RNN training.
+
+:class:`NoiseConfig` is the single place where the method is switched on and tuned. It is a frozen
+dataclass validated on construction: every invalid value raises ``ValueError`` or ``TypeError`` naming the
+field, the allowed values and the value received, and unknown keys in :meth:`NoiseConfig.from_dict`,
+:meth:`NoiseConfig.from_yaml` and :meth:`NoiseConfig.from_env` are errors, not warnings.
+
+The noise model (THEORY.md section 1) for a recurrent state ``h`` with cell map ``Psi``::
+
+    h_{k+1} = Psi(h_k, x_k) + sqrt(dt) * (additive * xi_k + multiplicative * h_k * xi'_k)
+
+with ``xi, xi'`` independent standard Gaussians (Euler-Maruyama), the Milstein correction, or the public
+research code's scheme (``scheme="reference"``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+__all__ = ["NoiseConfig", "Schedule", "SCHEMES", "TARGETS", "MODES", "ESTIMATORS"]
+
+SCHEMES = ("euler_maruyama", "milstein", "reference")
+TARGETS = ("h", "c", "both")
+MODES = ("noise", "regularizer", "both")
+ESTIMATORS = ("fd", "jet", "exact")
+SCHEDULE_KINDS = ("constant", "linear", "cosine")
+SCHEDULE_INTERVALS = ("step", "epoch")
+
+_ENV_PREFIX = "NRNN_"
+# Variables with these prefixes configure other parts of the library, not the noise.
+_ENV_RESERVED_PREFIXES = ("NRNN_PLUGIN_",)
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _field_error(owner: str, name: str, allowed: str, value: Any, exc: type[Exception] = ValueError) -> Exception:
+    return exc(f"{owner}.{name}: expected {allowed}, got {value!r}")
+
+
+def _check_real(owner: str, name: str, value: Any, *, minimum: float, strict: bool, maximum: float | None = None) -> float:
+    bound = f"> {minimum}" if strict else f">= {minimum}"
+    allowed = f"a finite number {bound}" + (f" and <= {maximum}" if maximum is not None else "")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _field_error(owner, name, allowed, value, TypeError)
+    value = float(value)
+    if not math.isfinite(value) or value < minimum or (strict and value == minimum):
+        raise _field_error(owner, name, allowed, value)
+    if maximum is not None and value > maximum:
+        raise _field_error(owner, name, allowed, value)
+    return value
+
+
+def _check_int(owner: str, name: str, value: Any, *, minimum: int) -> int:
+    allowed = f"an integer >= {minimum}"
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _field_error(owner, name, allowed, value, TypeError)
+    if value < minimum:
+        raise _field_error(owner, name, allowed, value)
+    return value
+
+
+def _check_choice(owner: str, name: str, value: Any, choices: tuple[str, ...]) -> str:
+    allowed = "one of " + ", ".join(repr(c) for c in choices)
+    if not isinstance(value, str):
+        raise _field_error(owner, name, allowed, value, TypeError)
+    if value not in choices:
+        raise _field_error(owner, name, allowed, value)
+    return value
+
+
+def _check_bool(owner: str, name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _field_error(owner, name, "True or False", value, TypeError)
+    return value
+
+
+def _check_patterns(owner: str, name: str, value: Any) -> tuple[str, ...]:
+    allowed = "a list of module-name patterns (strings, fnmatch syntax)"
+    if isinstance(value, str):
+        value = (value,)
+    if not isinstance(value, (list, tuple)):
+        raise _field_error(owner, name, allowed, value, TypeError)
+    for item in value:
+        if not isinstance(item, str) or not item:
+            raise _field_error(owner, name, allowed, value, TypeError)
+    return tuple(value)
+
+
+def _reject_unknown(owner: str, data: Mapping[str, Any], known: tuple[str, ...]) -> None:
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ValueError(f"{owner}: unknown key(s) {unknown}; allowed keys are {sorted(known)}")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How the noise level changes during training: a multiplier in ``[0, 1]`` on both noise levels.
+
+    ``kind="constant"`` keeps the configured level. ``"linear"`` and ``"cosine"`` ramp the level from 0 to 1
+    over ``warmup`` units, then (if ``decay > 0``) move it from 1 to ``final`` over ``decay`` units, with a
+    straight or a half-cosine shape. A unit is an optimizer step or an epoch (``interval``).
+    """
+
+    kind: str = "constant"
+    warmup: int = 0
+    decay: int = 0
+    final: float = 0.0
+    interval: str = "step"
+
+    def __post_init__(self) -> None:
+        owner = "NoiseConfig.schedule"
+        _check_choice(owner, "kind", self.kind, SCHEDULE_KINDS)
+        _check_int(owner, "warmup", self.warmup, minimum=0)
+        _check_int(owner, "decay", self.decay, minimum=0)
+        object.__setattr__(self, "final", _check_real(owner, "final", self.final, minimum=0.0, strict=False, maximum=1.0))
+        _check_choice(owner, "interval", self.interval, SCHEDULE_INTERVALS)
+        if self.kind == "constant" and (self.warmup or self.decay):
+            raise ValueError(
+                f"{owner}: kind 'constant' takes no warmup or decay (got warmup={self.warmup}, "
+                f"decay={self.decay}); use kind 'linear' or 'cosine'"
+            )
+
+    def factor(self, progress: int) -> float:
+        """Multiplier on the noise levels after ``progress`` units (steps or epochs) of training."""
+        if self.kind == "constant":
+            return 1.0
+        if progress < self.warmup:
+            return self._shape(progress / self.warmup)
+        if self.decay == 0:
+            return 1.0
+        into_decay = min(progress - self.warmup, self.decay) / self.decay
+        return 1.0 - (1.0 - self.final) * self._shape(into_decay)
+
+    def _shape(self, fraction: float) -> float:
+        if self.kind == "linear":
+            return fraction
+        return 0.5 * (1.0 - math.cos(math.pi * fraction))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Schedule:
+        if not isinstance(data, Mapping):
+            raise _field_error("NoiseConfig", "schedule", "a mapping of schedule fields", data, TypeError)
+        _reject_unknown("NoiseConfig.schedule", data, tuple(f.name for f in fields(cls)))
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class NoiseConfig:
+    """Configuration of Noisy RNN training; frozen and validated on construction.
+
+    Noise levels and scheme:
+        additive: ``sigma_add >= 0``, the additive diffusion coefficient.
+        multiplicative: ``sigma_mult >= 0``, the multiplicative (state-proportional) diffusion coefficient.
+        dt: the SDE step ``> 0``; noise is scaled by ``sqrt(dt)`` (Euler-Maruyama, Milstein).
+        scheme: ``"euler_maruyama"`` (default, Ito), ``"milstein"`` (strong order 1; one Gaussian per unit
+            drives both parts) or ``"reference"`` (the public research code's scheme, THEORY.md section 1).
+        target: which LSTM state is noised: ``"h"``, ``"c"`` or ``"both"``. GRU and Elman cells have ``h`` only.
+        shared_multiplicative: one Brownian factor per sample for the multiplicative part (all units share it).
+        seed: seed of the noise streams; ``None`` derives it from ``torch.initial_seed()`` (read, never set).
+
+    Which modules:
+        enabled: ``False`` makes :func:`register_noise` and the Lightning callback no-ops.
+        include / exclude: ``fnmatch`` patterns on qualified module names (``"encoder.*"``); an empty
+            ``include`` means every supported recurrent module.
+
+    Training mode (explicit regularizer, THEORY.md section 3):
+        mode: ``"noise"`` injects noise, ``"regularizer"`` trains noise-free with ``loss + weight * reg``,
+            ``"both"`` does both.
+        regularizer_weight: ``>= 0`` multiplier of the explicit regularizer.
+        estimator / probes: how the regularizer is estimated (``"fd"``, ``"jet"``, ``"exact"``) and with how
+            many noise probes.
+        schedule: a :class:`Schedule` (or mapping) for noise warm-up and decay.
+    """
+
+    additive: float = 0.0
+    multiplicative: float = 0.0
+    dt: float = 1.0
+    scheme: str = "euler_maruyama"
+    target: str = "h"
+    shared_multiplicative: bool = False
+    seed: int | None = None
+    enabled: bool = True
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    mode: str = "noise"
+    regularizer_weight: float = 1.0
+    estimator: str = "fd"
+    probes: int = 1
+    schedule: Schedule = field(default_factory=Schedule)
+
+    def __post_init__(self) -> None:
+        owner = "NoiseConfig"
+        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen dataclass)
+        set_("additive", _check_real(owner, "additive", self.additive, minimum=0.0, strict=False))
+        set_("multiplicative", _check_real(owner, "multiplicative", self.multiplicative, minimum=0.0, strict=False))
+        set_("dt", _check_real(owner, "dt", self.dt, minimum=0.0, strict=True))
+        _check_choice(owner, "scheme", self.scheme, SCHEMES)
+        _check_choice(owner, "target", self.target, TARGETS)
+        _check_bool(owner, "shared_multiplicative", self.shared_multiplicative)
+        if self.seed is not None:
+            _check_int(owner, "seed", self.seed, minimum=0)
+        _check_bool(owner, "enabled", self.enabled)
+        set_("include", _check_patterns(owner, "include", self.include))
+        set_("exclude", _check_patterns(owner, "exclude", self.exclude))
+        _check_choice(owner, "mode", self.mode, MODES)
+        set_(
+            "regularizer_weight",
+            _check_real(owner, "regularizer_weight", self.regularizer_weight, minimum=0.0, strict=False),
+        )
+        _check_choice(owner, "estimator", self.estimator, ESTIMATORS)
+        _check_int(owner, "probes", self.probes, minimum=1)
+        if isinstance(self.schedule, Mapping):
+            set_("schedule", Schedule.from_dict(self.schedule))
+        elif not isinstance(self.schedule, Schedule):
+            raise _field_error(owner, "schedule", "a Schedule or a mapping of schedule fields", self.schedule, TypeError)
+        if self.scheme == "milstein" and self.shared_multiplicative:
+            raise ValueError(
+                "NoiseConfig.shared_multiplicative: expected False with scheme='milstein' (Milstein needs one "
+                "Gaussian per unit driving both noise parts), got True; use scheme='euler_maruyama'"
+            )
+
+    # ------------------------------------------------------------------ derived properties
+    @property
+    def has_noise(self) -> bool:
+        """True when the configuration injects any noise at all."""
+        return self.enabled and (self.additive > 0.0 or self.multiplicative > 0.0)
+
+    @property
+    def injects_in_training(self) -> bool:
+        """True when training forwards of noisy modules sample noise (modes ``noise`` and ``both``)."""
+        return self.has_noise and self.mode in ("noise", "both")
+
+    @property
+    def uses_regularizer(self) -> bool:
+        """True when the explicit regularizer is added to the training loss (modes ``regularizer``, ``both``)."""
+        return self.enabled and self.mode in ("regularizer", "both") and self.regularizer_weight > 0.0
+
+    def replace(self, **changes: Any) -> NoiseConfig:
+        """A copy with ``changes`` applied, validated like a new config."""
+        return dataclasses.replace(self, **changes)
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, YAML/JSON-safe dictionary; ``NoiseConfig.from_dict(cfg.to_dict()) == cfg``."""
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["include"] = list(self.include)
+        data["exclude"] = list(self.exclude)
+        data["schedule"] = self.schedule.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> NoiseConfig:
+        """Build from a mapping of field names; unknown keys raise ``ValueError``."""
+        if not isinstance(data, Mapping):
+            raise TypeError(f"NoiseConfig.from_dict: expected a mapping of config fields, got {data!r}")
+        _reject_unknown("NoiseConfig", data, tuple(f.name for f in fields(cls)))
+        return cls(**dict(data))
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike[str], key: str | None = None) -> NoiseConfig:
+        """Load from a YAML file with safe loading; ``key`` selects a section (e.g. ``"noise"``).
+
+        An empty file or section gives the defaults. ``1e-3`` is read as a number (PyYAML alone reads it as
+        a string).
+        """
+        import yaml
+
+        text = Path(path).read_text()
+        data = yaml.load(text, Loader=_SafeLoaderWithFloats) or {}
+        if key is not None:
+            if not isinstance(data, Mapping) or key not in data:
+                raise ValueError(f"NoiseConfig.from_yaml: {str(path)!r} has no top-level section {key!r}")
+            data = data[key] or {}
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, *, base: NoiseConfig | None = None
+    ) -> NoiseConfig:
+        """Build from ``NRNN_*`` environment variables (``NRNN_ADDITIVE=0.05``, ``NRNN_ENABLED=0``, ...).
+
+        ``NRNN_CONFIG`` names a YAML file read first; individual variables override it and ``base``.
+        Nested schedule fields use ``NRNN_SCHEDULE_<FIELD>``. Lists (``include``, ``exclude``) are
+        comma-separated. ``NRNN_PLUGIN_*`` variables belong to the plugin loader and are ignored here; any
+        other unknown ``NRNN_*`` variable is an error, so a typo cannot silently leave noise off.
+        """
+        env = dict(os.environ if environ is None else environ)
+        data: dict[str, Any] = base.to_dict() if base is not None else {}
+        config_file = env.pop(_ENV_PREFIX + "CONFIG", None)
+        if config_file:
+            data.update(cls.from_yaml(config_file).to_dict())
+        schedule: dict[str, Any] = dict(data.get("schedule", {}))
+        top_fields = {f.name: f for f in fields(cls) if f.name != "schedule"}
+        schedule_fields = {f.name: f for f in fields(Schedule)}
+        for var, raw in sorted(env.items()):
+            if not var.startswith(_ENV_PREFIX) or var.startswith(_ENV_RESERVED_PREFIXES):
+                continue
+            name = var[len(_ENV_PREFIX):].lower()
+            if name.startswith("schedule_") and name[len("schedule_"):] in schedule_fields:
+                sub = name[len("schedule_"):]
+                schedule[sub] = _parse_env_value(var, raw, Schedule.__dataclass_fields__[sub].type)
+            elif name in top_fields:
+                data[name] = _parse_env_value(var, raw, top_fields[name].type)
+            else:
+                allowed = sorted(
+                    [_ENV_PREFIX + n.upper() for n in top_fields]
+                    + [_ENV_PREFIX + "SCHEDULE_" + n.upper() for n in schedule_fields]
+                    + [_ENV_PREFIX + "CONFIG"]
+                )
+                raise ValueError(f"NoiseConfig.from_env: unknown variable {var}; allowed variables are {allowed}")
+        if schedule:
+            data["schedule"] = schedule
+        return cls.from_dict(data)
+
+
+def _parse_env_value(var: str, raw: str, annotation: Any) -> Any:
+    """Parse one environment string by the field's annotation (annotations are strings here)."""
+    text = raw.strip()
+    kind = str(annotation)
+    if kind == "bool":
+        low = text.lower()
+        if low in _TRUE:
+            return True
+        if low in _FALSE:
+            return False
+        raise ValueError(f"{var}: expected one of {sorted(_TRUE | _FALSE)}, got {raw!r}")
+    if kind == "float":
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError(f"{var}: expected a number, got {raw!r}") from None
+    if kind in ("int", "int | None"):
+        if kind == "int | None" and text.lower() in ("", "none", "null"):
+            return None
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError(f"{var}: expected an integer, got {raw!r}") from None
+    if kind == "tuple[str, ...]":
+        return tuple(p.strip() for p in text.split(",") if p.strip())
+    return text
+
+
+def _make_loader() -> type:
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        """SafeLoader that also reads ``1e-3`` (no dot) as a float, as YAML 1.2 does."""
+
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(
+            r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+            |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+            |\.[0-9_]+(?:[eE][-+][0-9]+)?
+            |[-+]?\.(?:inf|Inf|INF)
+            |\.(?:nan|NaN|NAN))$""",
+            re.X,
+        ),
+        list("-+0123456789."),
+    )
+    return Loader
+
+
+class _LazyLoader:
+    _loader: type | None = None
+
+    def __call__(self, stream: Any) -> Any:
+        if _LazyLoader._loader is None:
+            _LazyLoader._loader = _make_loader()
+        return _LazyLoader._loader(stream)
+
+
+_SafeLoaderWithFloats = _LazyLoader()

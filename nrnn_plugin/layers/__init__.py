@@ -1,0 +1,15 @@
+"""Noisy recurrent layers and cells (switched to by :func:`nrnn_plugin.register_noise`)."""
+
+from nrnn_plugin.layers.cells import NoisyGRUCell, NoisyLSTMCell, NoisyRNNCell
+from nrnn_plugin.layers.recurrent import KERNELS, NoisyGRU, NoisyLSTM, NoisyRNN, use_kernel
+
+__all__ = [
+    "NoisyRNN",
+    "NoisyLSTM",
+    "NoisyGRU",
+    "NoisyRNNCell",
+    "NoisyLSTMCell",
+    "NoisyGRUCell",
+    "use_kernel",
+    "KERNELS",
+]

@@ -1,0 +1,120 @@
+"""Noisy drop-in versions of ``nn.RNNCell``, ``nn.LSTMCell`` and ``nn.GRUCell``.
+
+A cell computes one step ``Psi(h, x)``; the noisy cell returns ``Psi(h, x)`` plus the scheme's noise (which
+may depend on the previous state ``h``, Ito convention). The cell itself runs PyTorch's fused cell; noise is
+drawn once per call (one step) from the module's noise source. Unbatched input (``[I]``) is supported.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from nrnn_plugin.config import NoiseConfig
+from nrnn_plugin.layers.recurrent import autocast_dtype
+from nrnn_plugin.runtime import NoiseRuntime
+
+__all__ = ["NoisyRNNCell", "NoisyLSTMCell", "NoisyGRUCell", "NoisyCellMixin"]
+
+
+class NoisyCellMixin:
+    """Noise injection for ``nn.RNNCellBase`` subclasses; placed before the torch class in the MRO."""
+
+    nrnn_original_class: ClassVar[type[nn.Module]]
+    _nrnn_runtime: NoiseRuntime
+
+    @classmethod
+    def nrnn_validate(cls, module: nn.Module, config: NoiseConfig) -> None:
+        if config.target == "c" and not isinstance(module, nn.LSTMCell):
+            raise ValueError(
+                f"NoiseConfig.target: expected 'h' or 'both' for {type(module).__name__} (it has no cell state), got 'c'"
+            )
+
+    def _draw(self, runtime: NoiseRuntime, rows: int, targets: tuple[str, ...], like: Tensor) -> dict[str, Any]:
+        dtype = autocast_dtype(like.device.type) or like.dtype
+        return runtime.draw(rows, self.hidden_size, targets, directions=0, device=like.device, dtype=dtype)[0]  # type: ignore[attr-defined]
+
+
+def _batched(input: Tensor, hx: Tensor | None) -> tuple[Tensor, Tensor | None, bool]:  # noqa: A002
+    if input.dim() == 1:
+        return input.unsqueeze(0), (None if hx is None else hx.unsqueeze(0)), False
+    return input, hx, True
+
+
+class NoisyRNNCell(NoisyCellMixin, nn.RNNCell):
+    """``nn.RNNCell`` with noise on the returned state during training."""
+
+    nrnn_original_class = nn.RNNCell
+
+    def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:  # noqa: A002
+        runtime = getattr(self, "_nrnn_runtime", None)
+        if runtime is None or not runtime.injecting(self.training):
+            return super().forward(input, hx)
+        x, h, batched = _batched(input, hx)
+        if h is None:
+            h = x.new_zeros(x.shape[0], self.hidden_size)
+        psi = super().forward(x, h)
+        noise = self._draw(runtime, x.shape[0], ("h",), psi)["h"]
+        out = noise.apply(psi, h.to(psi.dtype))
+        return out if batched else out.squeeze(0)
+
+
+class NoisyGRUCell(NoisyCellMixin, nn.GRUCell):
+    """``nn.GRUCell`` with noise on the returned state during training."""
+
+    nrnn_original_class = nn.GRUCell
+
+    def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:  # noqa: A002
+        runtime = getattr(self, "_nrnn_runtime", None)
+        if runtime is None or not runtime.injecting(self.training):
+            return super().forward(input, hx)
+        x, h, batched = _batched(input, hx)
+        if h is None:
+            h = x.new_zeros(x.shape[0], self.hidden_size)
+        psi = super().forward(x, h)
+        noise = self._draw(runtime, x.shape[0], ("h",), psi)["h"]
+        out = noise.apply(psi, h.to(psi.dtype))
+        return out if batched else out.squeeze(0)
+
+
+class NoisyLSTMCell(NoisyCellMixin, nn.LSTMCell):
+    """``nn.LSTMCell`` with noise on the returned ``h``, ``c`` or both during training.
+
+    With noise on ``c`` the step is recomputed from the gates so that the returned ``h = o * tanh(c)`` uses the
+    noisy cell, exactly as the sequence layer does; otherwise PyTorch's fused cell runs and noise is added.
+    """
+
+    nrnn_original_class = nn.LSTMCell
+
+    def forward(self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:  # noqa: A002
+        runtime = getattr(self, "_nrnn_runtime", None)
+        if runtime is None or not runtime.injecting(self.training):
+            return super().forward(input, hx)
+        batched = input.dim() == 2
+        x = input if batched else input.unsqueeze(0)
+        if hx is None:
+            zeros = x.new_zeros(x.shape[0], self.hidden_size)
+            h, c = zeros, zeros
+        else:
+            h, c = hx if batched else (hx[0].unsqueeze(0), hx[1].unsqueeze(0))
+        targets = runtime.targets(has_cell_state=True)
+        if "c" in targets:
+            from nrnn_plugin.layers.reference import lstm_cell
+
+            dtype = autocast_dtype(x.device.type) or x.dtype
+            cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731
+            xw = torch.nn.functional.linear(cast(x), cast(self.weight_ih), cast(self.bias_ih))
+            o, c_new, _ = lstm_cell(xw, cast(h), cast(c), cast(self.weight_hh), cast(self.bias_hh))
+            noise = self._draw(runtime, x.shape[0], targets, c_new)
+            c_new = noise["c"].apply(c_new, cast(c))
+            h_new = o * torch.tanh(c_new)
+        else:
+            h_new, c_new = super().forward(x, (h, c))
+            noise = self._draw(runtime, x.shape[0], targets, h_new)
+        if "h" in targets:
+            h_new = noise["h"].apply(h_new, h.to(h_new.dtype))
+        if not batched:
+            return h_new.squeeze(0), c_new.squeeze(0)
+        return h_new, c_new
