@@ -298,7 +298,8 @@ class NoiseConfig:
         data: dict[str, Any] = base.to_dict() if base is not None else {}
         config_file = env.pop(_ENV_PREFIX + "CONFIG", None)
         if config_file:
-            data.update(cls.from_yaml(config_file).to_dict())
+            from_file = cls.from_yaml(config_file).to_dict()  # validates the file
+            data.update({key: from_file[key] for key in _yaml_keys(config_file)})
         schedule: dict[str, Any] = dict(data.get("schedule", {}))
         top_fields = {f.name: f for f in fields(cls) if f.name != "schedule"}
         schedule_fields = {f.name: f for f in fields(Schedule)}
@@ -321,6 +322,14 @@ class NoiseConfig:
         if schedule:
             data["schedule"] = schedule
         return cls.from_dict(data)
+
+
+def _yaml_keys(path: str | os.PathLike[str]) -> list[str]:
+    """The top-level keys a YAML config file sets (so that it overrides only those)."""
+    import yaml
+
+    data = yaml.load(Path(path).read_text(), Loader=_SafeLoaderWithFloats) or {}
+    return list(data)
 
 
 def _parse_env_value(var: str, raw: str, annotation: Any) -> Any:
