@@ -68,12 +68,13 @@ class AffineNoise:
             out = out + self.add
         return out
 
-    def scaled(self, factor: float) -> AffineNoise:
+    def scaled(self, factor: float | Tensor) -> AffineNoise:
         """The noise multiplied by ``factor`` around the noise-free step (regularizer probes).
 
-        ``gate -> 1 + factor * (gate - 1)``, ``mult -> factor * mult``, ``add -> factor * add``.
+        ``gate -> 1 + factor * (gate - 1)``, ``mult -> factor * mult``, ``add -> factor * add``. ``factor`` is a
+        number or a 0-dim tensor (the regularizer's ``jet`` estimator differentiates in it).
         """
-        if factor == 1.0:
+        if not isinstance(factor, Tensor) and factor == 1.0:
             return self
         gate = None if self.gate is None else 1.0 + factor * (self.gate - 1.0)
         mult = None if self.mult is None else factor * self.mult

@@ -6,7 +6,9 @@ config, its :class:`~nrnn_plugin.noise.NoiseSource`, and the switches that sched
 inference-time sampling turn:
 
 * ``level``: multiplier on both noise levels (noise schedules);
-* ``probe_scale``: multiplier on the injected noise around the noise-free step (regularizer probes);
+* ``probe_scale``: multiplier on the injected noise around the noise-free step (regularizer probes); a Python
+  number, or a 0-dim tensor (the regularizer's ``jet`` estimator differentiates in it). A tensor scale always
+  injects, even where its value is zero: the derivatives at zero are what is wanted;
 * ``override``: ``None`` follows ``module.training`` and the config's mode; ``True``/``False`` forces noise on
   or off in any mode (inference-time sampling, regularizer probes);
 * ``use_mean``: inject the scheme's mean coefficients instead of a draw (the regularizer's first-order term
@@ -35,7 +37,7 @@ class NoiseRuntime:
         self.config = config
         self.source = source
         self.level = 1.0
-        self.probe_scale = 1.0
+        self.probe_scale: float | torch.Tensor = 1.0
         self.override: bool | None = None
         self.use_mean = False
         self._diffusion: tuple[float, Diffusion] | None = None
@@ -51,7 +53,7 @@ class NoiseRuntime:
     # ------------------------------------------------------------------ decisions
     def injecting(self, training: bool) -> bool:
         """Whether the module's forward injects noise now."""
-        if not self.config.has_noise or self.level == 0.0 or self.probe_scale == 0.0:
+        if not self.config.has_noise or self.level == 0.0 or _is_zero_scale(self.probe_scale):
             return False
         if self.override is not None:
             return self.override
@@ -113,6 +115,11 @@ class NoiseRuntime:
                 }
             )
         return result
+
+
+def _is_zero_scale(scale: float | torch.Tensor) -> bool:
+    """True for a numeric zero scale; a tensor scale is never treated as "off" (see module docstring)."""
+    return not isinstance(scale, torch.Tensor) and scale == 0.0
 
 
 def runtimes(model: nn.Module) -> Iterator[NoiseRuntime]:
