@@ -149,9 +149,13 @@ def noise_override(model: nn.Module, inject: bool | None) -> contextlib.Abstract
     return _set_all(model, override=inject)
 
 
-def noise_scale(model: nn.Module, scale: float) -> contextlib.AbstractContextManager[None]:
-    """Multiply the injected noise of every noisy module by ``scale`` (regularizer probes)."""
-    return _set_all(model, probe_scale=float(scale))
+def noise_scale(model: nn.Module, scale: float | torch.Tensor) -> contextlib.AbstractContextManager[None]:
+    """Multiply the injected noise of every noisy module by ``scale`` (regularizer probes).
+
+    ``scale`` is a number or a 0-dim tensor; a tensor is kept as is (not converted), so derivatives in it can
+    be taken, and it injects even where its value is zero.
+    """
+    return _set_all(model, probe_scale=scale if isinstance(scale, torch.Tensor) else float(scale))
 
 
 def noise_level(model: nn.Module, level: float) -> None:
