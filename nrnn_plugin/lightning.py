@@ -1,0 +1,337 @@
+"""Lightning integration: :class:`NoisyRNNCallback` trains any LightningModule's RNNs as Noisy RNNs.
+
+Works with plain LightningModules and pytorch-forecasting models alike, without touching model code::
+
+    trainer = lightning.pytorch.Trainer(callbacks=[NoisyRNNCallback(NoiseConfig(additive=0.05, seed=0))])
+    trainer.fit(model, train_dataloaders=...)
+
+What the callback does during ``fit``:
+
+* ``setup("fit")``: :func:`~nrnn_plugin.register_noise` on the LightningModule (every supported recurrent
+  layer becomes noisy; parameters, ``state_dict`` keys and hyper-parameters are untouched);
+  ``teardown("fit")`` (or an exception) removes it again, so the trained model is the vanilla model.
+* Noise is injected in training forwards only. Validation inside ``fit``, ``test`` and ``predict`` run in
+  eval mode, which is the original fused forward: noise-free and bit-identical to the plain model.
+* The config's schedule sets the noise level before every training batch (``Schedule.factor`` of the global
+  step or the epoch); the level is logged as ``train_nrnn_noise_level``.
+* With ``mode="regularizer"`` or ``"both"`` the model instance's ``training_step`` is wrapped: the explicit
+  regularizer (THEORY.md section 3) is added to the returned loss and logged as ``train_nrnn_reg``.
+* The callback's state (config and the noise streams of every rank) goes into checkpoints, so
+  ``trainer.fit(..., ckpt_path=...)`` continues the same noise streams. Checkpoints still load into the
+  vanilla model class with ``load_from_checkpoint``: nothing is added to the hyper-parameters or weights.
+
+``import nrnn_plugin`` does not import this module; ``nrnn_plugin.NoisyRNNCallback`` does (it needs
+Lightning).
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor
+
+from nrnn_plugin.config import NoiseConfig
+from nrnn_plugin.noise import distributed_rank
+from nrnn_plugin.runtime import noise_level
+from nrnn_plugin.swap import is_noisy, noisy_modules, register_noise, remove_noise
+
+__all__ = ["NoisyRNNCallback", "LossClosure", "default_loss_closure", "logging_suppressed"]
+
+#: ``closure(module, batch, batch_idx) -> scalar loss``, recomputing the training loss without side effects.
+LossClosure = Callable[[pl.LightningModule, Any, int], Tensor]
+
+LEVEL_METRIC = "train_nrnn_noise_level"
+REG_METRIC = "train_nrnn_reg"
+_STATE_VERSION = 1
+
+
+class NoisyRNNCallback(pl.Callback):
+    """Train the recurrent layers of a LightningModule as Noisy RNNs during ``fit``.
+
+    Args:
+        config: a :class:`~nrnn_plugin.NoiseConfig` or a mapping of its fields (as written in a LightningCLI
+            YAML). ``None`` reads the configuration from ``NRNN_*`` environment variables
+            (:meth:`NoiseConfig.from_env`).
+        use_env: when ``True``, ``NRNN_*`` environment variables override fields of ``config``
+            (``NRNN_ENABLED=0`` switches a configured pipeline off, ``NRNN_ADDITIVE=0.1`` changes the level).
+        loss_closure: ``closure(module, batch, batch_idx) -> loss`` used by the explicit regularizer to
+            recompute the training loss on the same batch without side effects. The default handles
+            pytorch-forecasting models (``module.step``) and LightningModules whose ``training_step`` only
+            logs besides computing the loss (see :func:`default_loss_closure`).
+
+    The callback is a no-op when the config is disabled (``enabled: false``) or injects no noise (both
+    levels zero). A model that is already noisy when ``fit`` starts keeps its own noise registration; the
+    callback then only drives schedules, the regularizer and checkpoint state, and leaves it in place.
+    """
+
+    def __init__(
+        self,
+        config: NoiseConfig | Mapping[str, Any] | None = None,
+        *,
+        use_env: bool = False,
+        loss_closure: LossClosure | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = _coerce_config(config, use_env)
+        self.loss_closure = loss_closure
+        self._module: pl.LightningModule | None = None
+        self._registered_here = False
+        self._wrapped_step = False
+        self._previous_step: Any = None
+        self._source_states: dict[str, dict[str, Any]] = {}
+        self._pending: dict[str, Any] | None = None
+        self._level = 1.0
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(config={self.config!r})"
+
+    @property
+    def active(self) -> bool:
+        """True when the config injects noise or adds the regularizer (``enabled`` and a non-zero level)."""
+        return self.config.has_noise
+
+    # ------------------------------------------------------------------ lifecycle
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit" or not self.active:
+            return
+        self._module = pl_module
+        if is_noisy(pl_module):
+            self._registered_here = False
+        else:
+            register_noise(pl_module, self.config)
+            self._registered_here = True
+        self._load_sources(self._source_states)
+        if self.config.uses_regularizer:
+            self._wrap_training_step(pl_module)
+        self._apply_pending()
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self._release(pl_module)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._release(pl_module)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._apply_pending()
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        if self._module is None:
+            return
+        schedule = self.config.schedule
+        progress = trainer.global_step if schedule.interval == "step" else trainer.current_epoch
+        self._level = schedule.factor(progress)
+        noise_level(pl_module, self._level)
+        pl_module.log(LEVEL_METRIC, self._level, on_step=True, on_epoch=False, batch_size=_batch_size(batch))
+
+    # ------------------------------------------------------------------ checkpoint state
+    def state_dict(self) -> dict[str, Any]:
+        """Config and noise-stream states of every rank (gathered; call on all ranks, as Lightning does)."""
+        if not self.active:
+            return {}
+        local = self._current_source_states()
+        per_rank = _all_gather(local)
+        return {
+            "version": _STATE_VERSION,
+            "config": self.config.to_dict(),
+            "sources": dict(enumerate(per_rank)),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if not state_dict:
+            return
+        self._pending = state_dict
+        self._apply_pending()
+
+    # ------------------------------------------------------------------ internals
+    def _release(self, pl_module: pl.LightningModule) -> None:
+        if self._module is None:
+            return
+        self._source_states = self._current_source_states()
+        if self._wrapped_step:
+            if self._previous_step is None:
+                pl_module.__dict__.pop("training_step", None)
+            else:
+                pl_module.training_step = self._previous_step  # type: ignore[method-assign]
+            self._previous_step = None
+            self._wrapped_step = False
+        if self._registered_here:
+            remove_noise(pl_module)
+        else:
+            noise_level(pl_module, 1.0)
+        self._registered_here = False
+        self._module = None
+
+    def _current_source_states(self) -> dict[str, dict[str, Any]]:
+        if self._module is None:
+            return dict(self._source_states)
+        return {name: module._nrnn_runtime.source.state_dict() for name, module in noisy_modules(self._module)}
+
+    def _load_sources(self, states: Mapping[str, Mapping[str, Any]]) -> None:
+        if self._module is None or not states:
+            return
+        for name, module in noisy_modules(self._module):
+            if name in states:
+                module._nrnn_runtime.source.load_state_dict(dict(states[name]))
+
+    def _apply_pending(self) -> None:
+        if self._pending is None:
+            return
+        state = self._pending
+        stored = state.get("config")
+        if stored is not None and stored != self.config.to_dict():
+            warnings.warn(
+                "NoisyRNNCallback: the checkpoint was written with a different noise config; resuming with the "
+                f"callback's config {self.config.to_dict()} (checkpoint: {stored})",
+                UserWarning,
+                stacklevel=2,
+            )
+        sources = state.get("sources", {})
+        rank = distributed_rank()
+        mine = sources.get(rank)
+        if mine is None:
+            warnings.warn(
+                f"NoisyRNNCallback: the checkpoint holds noise streams for ranks {sorted(sources)} but this is "
+                f"rank {rank}; its noise streams start fresh from the seed",
+                UserWarning,
+                stacklevel=2,
+            )
+            mine = {}
+        if self._module is None:
+            self._source_states = dict(mine)  # applied when fit registers the noise
+        else:
+            self._load_sources(mine)
+        self._pending = None
+
+    def _wrap_training_step(self, pl_module: pl.LightningModule) -> None:
+        from nrnn_plugin.regularizer import regularized_loss
+
+        self._previous_step = pl_module.__dict__.get("training_step")
+        original = pl_module.training_step
+        closure_fn = self.loss_closure or default_loss_closure
+        config = self.config
+
+        def training_step(batch: Any, batch_idx: int, *args: Any, **kwargs: Any) -> Any:
+            output = original(batch, batch_idx, *args, **kwargs)
+            loss = _loss_of(output)
+            total, reg = regularized_loss(
+                pl_module, lambda: closure_fn(pl_module, batch, batch_idx), loss=loss, config=config
+            )
+            reg_value = reg.detach() if isinstance(reg, Tensor) else torch.tensor(float(reg))
+            pl_module.log(REG_METRIC, reg_value, on_step=True, on_epoch=True, batch_size=_batch_size(batch))
+            return _with_loss(output, total)
+
+        training_step.__wrapped__ = original  # type: ignore[attr-defined]
+        pl_module.training_step = training_step  # type: ignore[method-assign]
+        self._wrapped_step = True
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _coerce_config(config: NoiseConfig | Mapping[str, Any] | None, use_env: bool) -> NoiseConfig:
+    if config is None:
+        return NoiseConfig.from_env()
+    if isinstance(config, Mapping):
+        config = NoiseConfig.from_dict(config)
+    if not isinstance(config, NoiseConfig):
+        raise TypeError(
+            f"NoisyRNNCallback: config must be a NoiseConfig, a mapping of its fields or None, got {type(config).__name__}"
+        )
+    return NoiseConfig.from_env(base=config) if use_env else config
+
+
+@contextmanager
+def logging_suppressed(module: pl.LightningModule) -> Iterator[None]:
+    """Make ``module.log`` and ``module.log_dict`` no-ops inside the block (instance attributes, restored)."""
+    saved = {name: module.__dict__[name] for name in ("log", "log_dict") if name in module.__dict__}
+
+    def silent(*args: Any, **kwargs: Any) -> None:
+        return None
+
+    module.log = silent  # type: ignore[method-assign]
+    module.log_dict = silent  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        for name in ("log", "log_dict"):
+            if name in saved:
+                setattr(module, name, saved[name])
+            else:
+                module.__dict__.pop(name, None)
+
+
+def _is_forecasting_v1(module: pl.LightningModule) -> bool:
+    base = sys.modules.get("pytorch_forecasting.models.base._base_model")
+    return base is not None and isinstance(module, base.BaseModel)
+
+
+def default_loss_closure(module: pl.LightningModule, batch: Any, batch_idx: int) -> Tensor:
+    """Recompute the training loss of ``batch`` without side effects.
+
+    * pytorch-forecasting models (``BaseModel``): ``module.step(x, y, batch_idx)`` with logging suppressed
+      (``training_step`` would also append to ``training_step_outputs``).
+    * any other LightningModule: ``module.training_step(batch, batch_idx)`` (the unwrapped one) with logging
+      suppressed; its loss is the returned tensor or ``output["loss"]``. A ``training_step`` with other side
+      effects needs an explicit ``loss_closure``.
+    """
+    with logging_suppressed(module):
+        if _is_forecasting_v1(module):
+            x, y = batch
+            log, _ = module.step(x, y, batch_idx)
+            return log["loss"]
+        step = module.training_step
+        step = getattr(step, "__wrapped__", step)
+        return _loss_of(step(batch, batch_idx))
+
+
+def _loss_of(output: Any) -> Tensor:
+    if isinstance(output, Tensor):
+        return output
+    if isinstance(output, Mapping) and isinstance(output.get("loss"), Tensor):
+        return output["loss"]
+    raise TypeError(
+        "NoisyRNNCallback: training_step must return a loss tensor or a mapping with a 'loss' tensor to add the "
+        f"explicit regularizer, got {type(output).__name__}"
+    )
+
+
+def _with_loss(output: Any, loss: Tensor) -> Any:
+    if isinstance(output, Tensor):
+        return loss
+    updated = dict(output)
+    updated["loss"] = loss
+    return updated
+
+
+def _first_tensor(obj: Any) -> Tensor | None:
+    if isinstance(obj, Tensor):
+        return obj if obj.dim() > 0 else None
+    items = obj.values() if isinstance(obj, Mapping) else obj if isinstance(obj, (list, tuple)) else ()
+    for item in items:
+        found = _first_tensor(item)
+        if found is not None:
+            return found
+    return None
+
+
+def _batch_size(batch: Any) -> int:
+    """Size of the first dimension of the first tensor found in ``batch`` (1 if there is none)."""
+    tensor = _first_tensor(batch)
+    return 1 if tensor is None else int(tensor.shape[0])
+
+
+def _all_gather(obj: Any) -> list[Any]:
+    """``[obj of rank 0, obj of rank 1, ...]``; ``[obj]`` outside a distributed job."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [obj]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
