@@ -83,14 +83,20 @@ class AffineNoise:
 
     def rows(self, start: int, stop: int) -> AffineNoise:
         """The coefficients of rows ``start:stop`` (views)."""
-        return AffineNoise(*(c[start:stop] if isinstance(c, Tensor) else c for c in (self.gate, self.mult, self.add)))
+        return AffineNoise(*(c[start:stop] if _per_row(c) else c for c in (self.gate, self.mult, self.add)))
 
     def split(self, sizes: list[int]) -> list[AffineNoise]:
         """Per-step coefficients for a packed layout with ``sizes`` rows per step (views, one call each)."""
         parts = []
         for c in (self.gate, self.mult, self.add):
-            parts.append(torch.split(c, sizes) if isinstance(c, Tensor) else [c] * len(sizes))
+            parts.append(torch.split(c, sizes) if _per_row(c) else [c] * len(sizes))
         return [AffineNoise(g, m, a) for g, m, a in zip(*parts)]
+
+
+def _per_row(coefficient: Coefficient) -> bool:
+    """True for a ``[rows, ...]`` tensor; numbers and 0-dim tensors (a float scaled by a tensor probe scale)
+    broadcast to every row."""
+    return isinstance(coefficient, Tensor) and coefficient.dim() > 0
 
 
 class Diffusion:
