@@ -13,3 +13,5 @@ __all__ = [
     "use_kernel",
     "KERNELS",
 ]
+
+from nrnn_plugin.layers import functions as _functions  # noqa: E402,F401  (registers FUNCTION_KERNELS)
