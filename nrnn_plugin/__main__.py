@@ -1,0 +1,8 @@
+"""``python -m nrnn_plugin``: the ``nrnn`` command line (see :mod:`nrnn_plugin.cli`)."""
+
+import sys
+
+from nrnn_plugin.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,388 @@
+"""The ``nrnn`` command line (also ``python -m nrnn_plugin``).
+
+Subcommands::
+
+    nrnn demo         train a forecaster on real data with and without hidden-state noise; compare robustness
+    nrnn train        config-driven pytorch-forecasting training (``--config run.yaml``)
+    nrnn robustness   the robustness report of a trained checkpoint on a data file
+    nrnn bench        speed of the noisy layers against PyTorch's fused kernels; cost of the regularizer
+    nrnn plugins      the loaded adapters and plugins, and why any was skipped
+
+This module stays light: it imports argparse and the standard library only. Each subcommand imports what it
+needs (pandas, Lightning, pytorch-forecasting) when it runs, so ``nrnn --help`` and ``nrnn plugins`` start fast.
+
+Errors in the user's input (files, columns, configuration) print one line on stderr and exit with status 2;
+anything unexpected prints one line too, with exit status 1 (``NRNN_DEBUG=1`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TextIO
+
+__all__ = ["main", "build_parser"]
+
+PROG = "nrnn"
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_INPUT = 2
+EXIT_INTERRUPTED = 130
+DEBUG_VAR = "NRNN_DEBUG"
+
+
+# ---------------------------------------------------------------------------------------------- output
+
+
+class Reporter:
+    """Progress and notes for the user, on stderr (stdout carries the tables). ``quiet`` keeps notes only."""
+
+    def __init__(self, stream: TextIO | None = None, *, quiet: bool = False) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.quiet = quiet
+        self.started = time.perf_counter()
+
+    def progress(self, message: str) -> None:
+        if not self.quiet:
+            self._write(message)
+
+    def note(self, message: str) -> None:
+        self._write(message)
+
+    def _write(self, message: str) -> None:
+        elapsed = time.perf_counter() - self.started
+        print(f"[{elapsed:6.1f}s] {message}", file=self.stream, flush=True)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
+def quiet_frameworks() -> None:
+    """Silence Lightning's info banners and the framework warnings a CLI user cannot act on.
+
+    Called by the subcommands that train or evaluate (never by the library), after Lightning is imported (it
+    sets its own logger levels on import). ``NRNN_DEBUG=1`` keeps them.
+    """
+    if _debug():
+        return
+    import logging
+    import warnings
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning", "pytorch_forecasting"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    for module in ("lightning", "pytorch_lightning", "pytorch_forecasting", "torch", "sklearn"):
+        warnings.filterwarnings("ignore", module=module)
+        warnings.filterwarnings("ignore", module=module + r"\..*")
+    # The noise callback's resume note and the pipeline's own warnings stay visible; Lightning's
+    # "does not have many workers" and pytorch-forecasting's "attribute is an nn.Module" notices do not.
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=r".*is an instance of `nn.Module` and is already saved.*")
+
+
+def _debug() -> bool:
+    return os.environ.get(DEBUG_VAR, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+# ---------------------------------------------------------------------------------------------- commands
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    import warnings
+
+    from nrnn_plugin.plugins import ALLOWLIST_VAR, DISABLE_AUTOLOAD_VAR, ENTRY_POINT_GROUP, plugin_report
+
+    with warnings.catch_warnings():  # a broken plugin's warning: its reason is in the report below
+        warnings.simplefilter("ignore", RuntimeWarning)
+        report = plugin_report()
+    if args.json:
+        print(json.dumps(report, indent=2, sort_keys=True))
+        return EXIT_OK
+    print(format_plugin_report(report, ENTRY_POINT_GROUP))
+    switches = [f"{var}={os.environ[var]}" for var in (DISABLE_AUTOLOAD_VAR, ALLOWLIST_VAR) if var in os.environ]
+    if switches:
+        print("environment: " + ", ".join(switches))
+    return EXIT_OK
+
+
+def format_plugin_report(report: Sequence[dict[str, Any]], group: str) -> str:
+    """The plugin report as a fixed-width table: name, source, status, and what it handles or why it was skipped."""
+    rows = []
+    for entry in report:
+        adapter = entry.get("adapter") or {}
+        if not entry["loaded"]:
+            status, detail = "skipped", entry.get("reason", "")
+        elif adapter and not adapter.get("available", True):
+            status, detail = "unavailable", adapter.get("reason", "")
+        else:
+            status = "loaded"
+            handles = adapter.get("handles") or []
+            detail = ("handles " + ", ".join(_short(h) for h in handles)) if handles else ""
+        rows.append((entry["name"], entry["source"], status, detail))
+    header = ("plugin", "source", "status", "details")
+    widths = [max(len(r[i]) for r in rows + [header]) for i in range(3)]
+    lines = [f"nrnn-plugin plugins (entry-point group {group!r}):"]
+    for row in [header] + rows:
+        lines.append("  " + "  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths)) + "  " + row[3])
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _short(qualified: str) -> str:
+    """``pytorch_forecasting.models.nn.rnn.LSTM`` -> ``pytorch_forecasting...rnn.LSTM`` (readable in a table)."""
+    parts = qualified.split(".")
+    return qualified if len(parts) <= 3 else f"{parts[0]}...{parts[-2]}.{parts[-1]}"
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from nrnn_plugin.cli_config import load_run_config
+
+    config = load_run_config(args.config)  # validated before anything heavy is imported
+    reporter = Reporter(quiet=args.quiet)
+    from nrnn_plugin import pipeline
+
+    quiet_frameworks()
+    overrides: dict[str, Any] = {}
+    if args.max_epochs is not None:
+        overrides["max_epochs"] = args.max_epochs
+    result = pipeline.run_training(
+        config, data_path=args.data, out_dir=args.out, trainer_overrides=overrides, reporter=reporter
+    )
+    print(pipeline.format_training_summary(result))
+    return EXIT_OK
+
+
+def cmd_robustness(args: argparse.Namespace) -> int:
+    reporter = Reporter(quiet=args.quiet)
+    from nrnn_plugin import pipeline
+
+    quiet_frameworks()
+    report = pipeline.run_robustness_report(
+        checkpoint=args.checkpoint,
+        data_path=args.data,
+        out_dir=args.out,
+        perturbations=args.perturbations,
+        strengths=args.strengths,
+        seeds=args.seeds,
+        windows=args.windows,
+        reporter=reporter,
+    )
+    print(report.table)
+    for path in report.files:
+        reporter.note(f"wrote {path}")
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    reporter = Reporter(quiet=args.quiet)
+    from nrnn_plugin import cli_demo
+
+    quiet_frameworks()
+
+    result = cli_demo.run_demo(
+        out_dir=args.out,
+        quick=args.quick,
+        dataset=args.dataset,
+        epochs=args.epochs,
+        seed=args.seed,
+        noise=args.noise,
+        reporter=reporter,
+    )
+    print(result.table)
+    for path in result.files:
+        reporter.note(f"wrote {path}")
+    return EXIT_OK
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    reporter = Reporter(quiet=args.quiet)
+    from nrnn_plugin import cli_bench
+
+    quiet_frameworks()
+
+    result = cli_bench.run_bench(quick=args.quick, tiny=args.tiny, out_dir=args.out, reporter=reporter)
+    print(result.table)
+    for path in result.files:
+        reporter.note(f"wrote {path}")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------- parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not value >= 0.0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
+def _float_list(text: str) -> tuple[float, ...]:
+    values = tuple(_non_negative_float(part) for part in text.split(",") if part.strip())
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers >= 0, got {text!r}")
+    return values
+
+
+def _name_list(text: str) -> tuple[str, ...]:
+    values = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected comma-separated names, got {text!r}")
+    return values
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``nrnn train: error: ...``) and exit status 2."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        self.exit(EXIT_INPUT, f"{self.prog}: error: {_one_line(message)} (see '{self.prog} --help')\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from nrnn_plugin import __version__
+
+    parser = _Parser(
+        prog=PROG,
+        description="Train existing RNN/LSTM/GRU forecasters as Noisy RNNs and measure what it buys.",
+        epilog="Start with 'nrnn demo'. NRNN_DEBUG=1 shows tracebacks and framework warnings.",
+    )
+    parser.add_argument("--version", action="version", version=f"nrnn-plugin {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    def add(name: str, handler: Callable[[argparse.Namespace], int], help_: str, description: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=description)
+        p.set_defaults(handler=handler)
+        return p
+
+    demo = add(
+        "demo",
+        cmd_demo,
+        "train on real data with and without hidden-state noise, compare under input perturbations",
+        "Train the same pytorch-forecasting LSTM twice on a real series that ships offline (Mauna Loa CO2 weekly "
+        "from statsmodels), with and without Noisy RNN hidden-state noise (same seed, same budget), then compare "
+        "both on held-out windows, clean and with perturbed encoder inputs. Prints the table; writes a CSV and a "
+        "PNG plot to --out.",
+    )
+    demo.add_argument("--out", default="outputs/demo", help="output folder (default: %(default)s)")
+    demo.add_argument("--quick", action="store_true", help="a smaller run that finishes in under a minute")
+    demo.add_argument("--dataset", choices=("co2", "sunspots"), default="co2", help="data set (default: %(default)s)")
+    demo.add_argument("--epochs", type=_positive_int, default=None, help="training epochs (default: by --quick)")
+    demo.add_argument("--seed", type=int, default=0, help="seed of weights, batches and noise (default: 0)")
+    demo.add_argument(
+        "--noise", type=_non_negative_float, default=None, help="additive noise level sigma (default: the demo's)"
+    )
+    demo.add_argument("--quiet", action="store_true", help="no progress lines")
+
+    train = add(
+        "train",
+        cmd_train,
+        "config-driven pytorch-forecasting training (--config run.yaml)",
+        "Train a pytorch-forecasting model on a CSV or parquet file as described by a run file (see "
+        "examples/run.yaml). A 'noise:' section switches Noisy RNN training on. Writes model.ckpt (loads into the "
+        "vanilla model class with load_from_checkpoint), its sidecar model.nrnn.pt (dataset parameters, split, "
+        "config; read by 'nrnn robustness') and run.yaml.",
+    )
+    train.add_argument("--config", required=True, help="the run file (YAML)")
+    train.add_argument("--data", default=None, help="data file; overrides data.path")
+    train.add_argument("--out", default=None, help="output folder; overrides output.dir")
+    train.add_argument("--max-epochs", type=_positive_int, default=None, help="overrides trainer.max_epochs")
+    train.add_argument("--quiet", action="store_true", help="no progress lines")
+
+    robust = add(
+        "robustness",
+        cmd_robustness,
+        "robustness report of a trained checkpoint (table, CSV, PNG)",
+        "Evaluate a checkpoint written by 'nrnn train' on a data file with the same columns: the forecast error "
+        "on the held-out windows, clean and with perturbed encoder inputs, over a grid of strengths.",
+    )
+    robust.add_argument("--checkpoint", required=True, help="model.ckpt written by 'nrnn train'")
+    robust.add_argument("--data", required=True, help="CSV or parquet file with the training columns")
+    robust.add_argument("--out", default=None, help="output folder (default: the checkpoint's folder)")
+    robust.add_argument(
+        "--perturbations", type=_name_list, default=None, help="comma-separated perturbation names (default: all)"
+    )
+    robust.add_argument("--strengths", type=_float_list, default=None, help="comma-separated strengths")
+    robust.add_argument("--seeds", type=_positive_int, default=3, help="perturbation seeds (default: 3)")
+    robust.add_argument(
+        "--windows",
+        choices=("test", "all"),
+        default="test",
+        help="evaluate the run's held-out test windows (default) or every window in the file",
+    )
+    robust.add_argument("--quiet", action="store_true", help="no progress lines")
+
+    bench = add(
+        "bench",
+        cmd_bench,
+        "speed table: noisy layers against the fused kernels; regularizer cost",
+        "Time a training step (forward + backward) of the noisy LSTM/GRU/RNN layers as ratios against PyTorch's "
+        "fused kernels, and the explicit regularizer's cost against a plain loss, in one process.",
+    )
+    bench.add_argument("--quick", action="store_true", help="fewer sizes and repeats")
+    bench.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # smoke test for the test suite
+    bench.add_argument("--out", default=None, help="also write the table as CSV into this folder")
+    bench.add_argument("--quiet", action="store_true", help="no progress lines")
+
+    plugins = add(
+        "plugins",
+        cmd_plugins,
+        "list loaded adapters and plugins, and why any was skipped",
+        "List the plugins nrnn-plugin loaded (built-in hooks, its adapters, third-party entry points in group "
+        "'nrnn_plugin') and the reason for any that was skipped or is unavailable.",
+    )
+    plugins.add_argument("--json", action="store_true", help="machine-readable output")
+    return parser
+
+
+# ---------------------------------------------------------------------------------------------- entry point
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (the console script passes it to ``sys.exit``)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "handler", None) is None:
+        parser.print_help(sys.stderr)
+        return EXIT_INPUT
+    prefix = f"{PROG} {args.command}"
+    from nrnn_plugin.cli_config import InputError
+
+    try:
+        return args.handler(args)
+    except InputError as exc:
+        if _debug():
+            raise
+        print(f"{prefix}: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        print(f"{prefix}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # never a traceback for the user; NRNN_DEBUG=1 shows it
+        if _debug():
+            raise
+        print(
+            f"{prefix}: internal error: {type(exc).__name__}: {_one_line(exc)} "
+            f"(rerun with {DEBUG_VAR}=1 for the traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

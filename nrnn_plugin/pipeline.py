@@ -1,0 +1,912 @@
+"""Config-driven pytorch-forecasting runs: data file -> TimeSeriesDataSet -> model -> fit -> checkpoint -> report.
+
+This is the engine behind ``nrnn train``, ``nrnn robustness`` and ``nrnn demo``; the CLI only parses
+arguments and prints. Every function reports progress through a ``reporter`` (anything with ``progress(str)``
+and ``note(str)``; the default says nothing), never by printing.
+
+Artifacts of a training run (``output.dir``):
+
+* ``model.ckpt`` - the Lightning checkpoint of the epoch with the best validation loss. It holds no trace of the
+  noise in its weights or hyper-parameters: ``RecurrentNetwork.load_from_checkpoint("model.ckpt")`` (the vanilla
+  class) loads it and predicts noise-free.
+* ``model.nrnn.pt`` - the sidecar read by ``nrnn robustness``: model class name, dataset parameters (encoders
+  and scalers, pickled), the data section, how times map to steps, the split, the noise config, best validation
+  loss. Load only sidecars you trust (``torch.load(..., weights_only=False)``).
+* ``run.yaml`` - the resolved configuration, for people.
+
+Imports Lightning and pytorch-forecasting at module level: import this module lazily.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import lightning.pytorch as pl
+import numpy as np
+import pandas as pd
+import torch
+
+import pytorch_forecasting
+from pytorch_forecasting import TimeSeriesDataSet
+
+from nrnn_plugin.cli_config import (
+    DATA_SUFFIXES,
+    ConfigError,
+    DataError,
+    DataSpec,
+    InputError,
+    ModelSpec,
+    RunConfig,
+    TrainerSpec,
+)
+from nrnn_plugin.config import NoiseConfig
+
+__all__ = [
+    "Reporter",
+    "PreparedData",
+    "Split",
+    "TrainedModel",
+    "TrainingResult",
+    "RobustnessReport",
+    "read_table",
+    "prepare_frame",
+    "compute_split",
+    "minimum_series_length",
+    "build_datasets",
+    "build_model",
+    "fit_model",
+    "run_training",
+    "load_run",
+    "evaluate_robustness",
+    "run_robustness_report",
+    "format_training_summary",
+    "format_robustness_table",
+    "SIDECAR_SUFFIX",
+]
+
+SIDECAR_SUFFIX = ".nrnn.pt"
+CHECKPOINT_NAME = "model.ckpt"
+SIDECAR_FORMAT = "nrnn-run"
+SIDECAR_VERSION = 1
+SERIES_COLUMN = "_series"  # the group column added when data.group_ids is empty
+
+# Keyword arguments ``Model.from_dataset`` derives from the dataset; a run file must not set them.
+_DATASET_DERIVED = frozenset(
+    {
+        "static_categoricals", "static_reals", "time_varying_categoricals_encoder",
+        "time_varying_categoricals_decoder", "categorical_groups", "time_varying_reals_encoder",
+        "time_varying_reals_decoder", "embedding_labels", "embedding_paddings", "x_reals", "x_categoricals",
+        "target", "target_lags", "dataset_parameters", "output_transformer", "max_encoder_length",
+        "logging_metrics", "output_size",
+    }
+)
+
+
+class Reporter(Protocol):
+    def progress(self, message: str) -> None: ...
+
+    def note(self, message: str) -> None: ...
+
+
+class _Silent:
+    def progress(self, message: str) -> None:
+        pass
+
+    def note(self, message: str) -> None:
+        pass
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """A CSV (``.csv``, ``.csv.gz``, ``.tsv``) or parquet (``.parquet``, ``.pq``) file as a DataFrame."""
+    file = Path(path)
+    if not file.exists():
+        raise InputError(f"data file not found: {str(file)!r}")
+    if file.is_dir():
+        raise InputError(f"data path is a folder, expected a CSV or parquet file: {str(file)!r}")
+    name = file.name.lower()
+    try:
+        if name.endswith((".parquet", ".pq")):
+            try:
+                return pd.read_parquet(file)
+            except ImportError as exc:
+                raise InputError(f"reading parquet needs pyarrow (pip install pyarrow): {exc}") from None
+        if name.endswith(".tsv"):
+            return pd.read_csv(file, sep="\t")
+        if name.endswith((".csv", ".csv.gz", ".txt")):
+            return pd.read_csv(file)
+    except InputError:
+        raise
+    except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        raise DataError(f"could not read {str(file)!r}: {exc}") from None
+    raise InputError(f"data file {str(file)!r}: expected one of the suffixes {list(DATA_SUFFIXES)}")
+
+
+@dataclass(frozen=True)
+class TimeAxis:
+    """How the ``time`` column maps to integer steps: integers as they are, or dates as periods since ``origin``."""
+
+    kind: str  # "int" or "date"
+    freq: str | None = None
+    origin: str | None = None  # the first period (ISO string) when kind == "date"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "freq": self.freq, "origin": self.origin}
+
+
+@dataclass
+class PreparedData:
+    """A validated frame ready for ``TimeSeriesDataSet``: integer time steps, string group ids, float reals."""
+
+    frame: pd.DataFrame
+    spec: DataSpec
+    time_axis: TimeAxis
+    group_ids: tuple[str, ...]
+    notes: list[str] = field(default_factory=list)
+
+
+def _missing_columns(df: pd.DataFrame, spec: DataSpec, source: str) -> None:
+    wanted = list(dict.fromkeys(spec.columns))
+    missing = [c for c in wanted if c not in df.columns]
+    if missing:
+        raise DataError(
+            f"{source}: column(s) {missing} not found; the file has columns {[str(c) for c in df.columns]} "
+            "(check data.time, data.target, data.group_ids and the covariate lists)"
+        )
+
+
+def _numeric(df: pd.DataFrame, column: str, role: str, source: str) -> pd.Series:
+    values = df[column]
+    if pd.api.types.is_bool_dtype(values) or not (
+        pd.api.types.is_numeric_dtype(values) or pd.api.types.is_object_dtype(values) or pd.api.types.is_string_dtype(values)
+    ):
+        raise DataError(f"{source}: {role} column {column!r} must be numeric, got dtype {values.dtype}")
+    converted = pd.to_numeric(values, errors="coerce")
+    bad = converted.isna() & values.notna()
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise DataError(
+            f"{source}: {role} column {column!r} must be numeric, but {int(bad.sum())} value(s) are not "
+            f"(first at row {row}: {values.iloc[row]!r})"
+        )
+    return converted.astype("float64")
+
+
+def _time_steps(df: pd.DataFrame, spec: DataSpec, source: str, axis: TimeAxis | None) -> tuple[pd.Series, TimeAxis]:
+    column = df[spec.time]
+    if axis is None or axis.kind == "int":
+        if pd.api.types.is_integer_dtype(column):
+            if axis is None and spec.freq is not None:
+                raise ConfigError(f"data.freq: only for date columns, but time column {spec.time!r} holds integers")
+            return column.astype("int64"), TimeAxis("int")
+        if pd.api.types.is_float_dtype(column) and column.notna().all() and (column == np.round(column)).all():
+            return column.astype("int64"), TimeAxis("int")
+        if axis is not None:
+            raise DataError(f"{source}: time column {spec.time!r} must hold integer steps like the training data")
+    if column.isna().any():
+        raise DataError(f"{source}: time column {spec.time!r} has {int(column.isna().sum())} missing value(s)")
+    try:
+        dates = pd.to_datetime(column)
+    except (ValueError, TypeError):
+        raise DataError(
+            f"{source}: time column {spec.time!r} must hold integer steps or dates, got values like {column.iloc[0]!r}"
+        ) from None
+    freq = axis.freq if axis is not None else spec.freq
+    if freq is None:
+        unique = pd.DatetimeIndex(sorted(dates.unique()))
+        freq = pd.infer_freq(unique) if len(unique) >= 3 else None
+        if freq is None:
+            raise ConfigError(
+                f"data.freq: could not infer the frequency of the dates in {spec.time!r}; set it (e.g. 'D', 'W-SAT', "
+                "'MS')"
+            )
+    try:
+        periods = dates.dt.to_period(freq)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"data.freq: {freq!r} is not a pandas frequency for these dates ({exc})") from None
+    origin = pd.Period(axis.origin, freq=freq) if axis is not None else periods.min()
+    steps = periods.map(lambda p: (p - origin).n).astype("int64")
+    return steps, TimeAxis("date", freq=freq, origin=str(origin))
+
+
+def _fill_missing(frame: pd.DataFrame, columns: Sequence[str], group_ids: Sequence[str], policy: str, source: str, notes: list[str]) -> pd.DataFrame:
+    counts = {c: int(frame[c].isna().sum()) for c in columns}
+    counts = {c: n for c, n in counts.items() if n}
+    if not counts:
+        return frame
+    described = ", ".join(f"{c!r}: {n}" for c, n in counts.items())
+    if policy == "error":
+        raise DataError(f"{source}: missing values ({described}); fill them or set data.missing: interpolate or drop")
+    if policy == "drop":
+        notes.append(f"dropped rows with missing values ({described})")
+        return frame.dropna(subset=list(counts)).reset_index(drop=True)
+    filled = frame.copy()
+    for column in counts:
+        filled[column] = frame.groupby(list(group_ids), sort=False, observed=True)[column].transform(
+            lambda s: s.interpolate(limit_direction="both")
+        )
+    still = {c: int(filled[c].isna().sum()) for c in counts if filled[c].isna().any()}
+    if still:
+        raise DataError(f"{source}: columns {sorted(still)} have no values at all in some series; cannot interpolate")
+    notes.append(f"interpolated missing values ({described})")
+    return filled
+
+
+def prepare_frame(
+    df: pd.DataFrame, spec: DataSpec, *, source: str = "data", time_axis: TimeAxis | None = None
+) -> PreparedData:
+    """Check columns and types, turn times into integer steps, fill or refuse missing values.
+
+    Args:
+        df: the raw table.
+        spec: the ``data`` section.
+        source: how to name the data in error messages (usually the file name).
+        time_axis: the training run's time mapping (for evaluation data); ``None`` derives it from ``df``.
+    Raises:
+        DataError: missing columns (names them and lists the existing ones), non-numeric target or real
+            covariates, duplicate or missing time steps, no rows.
+    """
+    if df.empty:
+        raise DataError(f"{source}: the table has no rows")
+    _missing_columns(df, spec, source)
+    notes: list[str] = []
+    frame = df[list(dict.fromkeys(spec.columns))].copy()
+    frame[spec.time], axis = _time_steps(frame, spec, source, time_axis)
+    group_ids = spec.group_ids
+    if not group_ids:
+        frame[SERIES_COLUMN] = "0"
+        group_ids = (SERIES_COLUMN,)
+    for column in group_ids + spec.known_categoricals + spec.static_categoricals:
+        if frame[column].isna().any():
+            raise DataError(f"{source}: categorical column {column!r} has {int(frame[column].isna().sum())} missing value(s)")
+        frame[column] = frame[column].astype(str)
+    frame[spec.target] = _numeric(frame, spec.target, "target", source)
+    reals = spec.known_reals + spec.unknown_reals + spec.static_reals
+    for column in reals:
+        frame[column] = _numeric(frame, column, "real covariate", source)
+    frame = frame.sort_values(list(group_ids) + [spec.time], kind="stable").reset_index(drop=True)
+    duplicated = frame.duplicated(list(group_ids) + [spec.time])
+    if duplicated.any():
+        row = frame[duplicated].iloc[0]
+        raise DataError(
+            f"{source}: {int(duplicated.sum())} duplicate time step(s) within a series (first: time {row[spec.time]} "
+            f"in series {tuple(row[g] for g in group_ids) if spec.group_ids else 'the only series'}); "
+            "set data.group_ids if the file holds several series"
+        )
+    frame = _fill_missing(frame, (spec.target,) + reals, group_ids, spec.missing, source, notes)
+    if not spec.allow_missing_timesteps:
+        steps = frame.groupby(list(group_ids), sort=False, observed=True)[spec.time].diff()
+        gap = steps > 1
+        if gap.any():
+            i = int(np.flatnonzero(gap.to_numpy())[0])
+            raise DataError(
+                f"{source}: time steps are missing (e.g. {int(frame[spec.time].iloc[i - 1])} -> "
+                f"{int(frame[spec.time].iloc[i])}); fill the gaps or set data.allow_missing_timesteps: true"
+            )
+    return PreparedData(frame=frame, spec=spec, time_axis=axis, group_ids=tuple(group_ids), notes=notes)
+
+
+# ---------------------------------------------------------------------------------------------- split
+
+
+@dataclass(frozen=True)
+class Split:
+    """The time split, the same cut for every series: train ``< val_start <=`` validation ``< test_start <=`` test."""
+
+    first: int
+    last: int
+    val_start: int
+    test_start: int  # last + 1 when there is no test part
+
+    @property
+    def has_test(self) -> bool:
+        return self.test_start <= self.last
+
+    def to_dict(self) -> dict[str, int]:
+        return {"first": self.first, "last": self.last, "val_start": self.val_start, "test_start": self.test_start}
+
+
+def _steps(size: float | int, span: int) -> int:
+    return size if isinstance(size, int) else int(round(size * span))
+
+
+def compute_split(spec: DataSpec, first: int, last: int) -> Split:
+    span = last - first + 1
+    test = _steps(spec.test, span)
+    validation = _steps(spec.validation, span)
+    test_start = last - test + 1
+    return Split(first=first, last=last, val_start=test_start - validation, test_start=test_start)
+
+
+def _split_problem(spec: DataSpec, length: int) -> str | None:
+    """Why a series of ``length`` steps (covering the whole time span) cannot be split and windowed, or None."""
+    split = compute_split(spec, 0, length - 1)
+    window = spec.max_encoder_length + spec.max_prediction_length
+    if split.val_start - split.first < window:
+        return f"{split.val_start - split.first} training steps, fewer than one window of {window}"
+    if split.test_start - split.val_start < spec.max_prediction_length:
+        return f"{split.test_start - split.val_start} validation steps, fewer than max_prediction_length"
+    if spec.test and split.last + 1 - split.test_start < spec.max_prediction_length:
+        return f"{split.last + 1 - split.test_start} test steps, fewer than max_prediction_length"
+    return None
+
+
+def minimum_series_length(spec: DataSpec, limit: int = 10_000_000) -> int:
+    """The shortest series that gives a training window, a validation window and (if any) a test window."""
+    n = spec.max_encoder_length + spec.max_prediction_length
+    while n < limit and _split_problem(spec, n) is not None:
+        n += 1
+    return n
+
+
+def _check_lengths(prepared: PreparedData, split: Split, source: str) -> PreparedData:
+    """Refuse data too short to split; leave out (with a note) series with no training window."""
+    spec = prepared.spec
+    problem = _split_problem(spec, split.last - split.first + 1)
+    if problem is not None:
+        raise DataError(
+            f"{source}: the series are too short: {split.last - split.first + 1} time steps give {problem}; "
+            f"with max_encoder_length={spec.max_encoder_length}, max_prediction_length={spec.max_prediction_length}, "
+            f"validation={spec.validation} and test={spec.test} the minimum length is {minimum_series_length(spec)} "
+            "(or shorten data.max_encoder_length / data.max_prediction_length)"
+        )
+    frame = prepared.frame
+    window = spec.max_encoder_length + spec.max_prediction_length
+    train_counts = frame[frame[spec.time] < split.val_start].groupby(list(prepared.group_ids), observed=True).size()
+    groups = frame.groupby(list(prepared.group_ids), observed=True).size().index
+    short = [g for g in groups if train_counts.get(g, 0) < window]
+    if short and len(short) == len(groups):
+        raise DataError(f"{source}: no series has a training window of {window} steps before the validation period")
+    if short:
+        keep = ~frame.set_index(list(prepared.group_ids)).index.isin(short)
+        named = ", ".join(str(g) for g in short[:5]) + (" ..." if len(short) > 5 else "")
+        prepared.notes.append(
+            f"left out {len(short)} series with fewer than {window} training steps: {named}"
+        )
+        prepared = replace(prepared, frame=frame[keep].reset_index(drop=True))
+    return prepared
+
+
+# ---------------------------------------------------------------------------------------------- datasets
+
+
+def _target_normalizer(kind: str) -> Any:
+    from pytorch_forecasting.data.encoders import EncoderNormalizer, GroupNormalizer, TorchNormalizer
+
+    if kind == "encoder":
+        return EncoderNormalizer()
+    if kind == "group":
+        return "auto"  # pytorch-forecasting picks a GroupNormalizer over the group ids
+    return TorchNormalizer(method="identity")
+
+
+@dataclass
+class Datasets:
+    training: TimeSeriesDataSet
+    validation: TimeSeriesDataSet
+    test: TimeSeriesDataSet | None
+    split: Split
+
+
+def build_datasets(prepared: PreparedData, *, source: str = "data") -> Datasets:
+    """Training, validation and (if ``data.test`` > 0) test ``TimeSeriesDataSet`` by the time split."""
+    spec = prepared.spec
+    frame = prepared.frame
+    split = compute_split(spec, int(frame[spec.time].min()), int(frame[spec.time].max()))
+    prepared = _check_lengths(prepared, split, source)
+    frame = prepared.frame
+    try:
+        training = TimeSeriesDataSet(
+            frame[frame[spec.time] < split.val_start],
+            time_idx=spec.time,
+            target=spec.target,
+            group_ids=list(prepared.group_ids),
+            max_encoder_length=spec.max_encoder_length,
+            max_prediction_length=spec.max_prediction_length,
+            static_categoricals=list(spec.static_categoricals),
+            static_reals=list(spec.static_reals),
+            time_varying_known_categoricals=list(spec.known_categoricals),
+            time_varying_known_reals=list(spec.known_reals),
+            time_varying_unknown_reals=[spec.target, *spec.unknown_reals],
+            target_normalizer=_target_normalizer(spec.normalizer),
+            allow_missing_timesteps=spec.allow_missing_timesteps,
+        )
+        validation = TimeSeriesDataSet.from_dataset(
+            training, frame[frame[spec.time] < split.test_start], min_prediction_idx=split.val_start,
+            stop_randomization=True,
+        )
+        test = (
+            TimeSeriesDataSet.from_dataset(training, frame, min_prediction_idx=split.test_start, stop_randomization=True)
+            if split.has_test
+            else None
+        )
+    except (ValueError, KeyError, AssertionError, TypeError) as exc:
+        raise DataError(f"{source}: pytorch-forecasting could not build the data set: {_first_line(exc)}") from None
+    return Datasets(training=training, validation=validation, test=test, split=split)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+# ---------------------------------------------------------------------------------------------- model
+
+
+def model_class(name: str) -> type:
+    return getattr(pytorch_forecasting, name)
+
+
+def allowed_model_arguments(cls: type) -> list[str]:
+    """Keyword arguments a run file may give ``cls.from_dataset`` (the class's and its bases' ``__init__``)."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None or klass is object:
+            continue
+        for parameter in inspect.signature(init).parameters.values():
+            if parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY) and parameter.name != "self":
+                names.add(parameter.name)
+        if klass.__module__.startswith("lightning"):
+            break
+    return sorted(names - _DATASET_DERIVED)
+
+
+def _loss(name: str) -> Any:
+    import pytorch_forecasting.metrics as metrics
+
+    choices = sorted(
+        n for n in dir(metrics)
+        if not n.startswith("_") and not n.endswith("_pkg") and isinstance(getattr(metrics, n), type)
+        and issubclass(getattr(metrics, n), metrics.Metric) and n not in ("Metric", "MultiLoss", "MultiHorizonMetric", "DistributionLoss", "MultivariateDistributionLoss")
+    )
+    if name not in choices:
+        raise ConfigError(f"model.loss: expected one of {choices}, got {name!r}")
+    return getattr(metrics, name)()
+
+
+def build_model(spec: ModelSpec, training: TimeSeriesDataSet) -> pl.LightningModule:
+    """``Model.from_dataset(training, **kwargs)`` with the run file's keyword arguments checked first."""
+    cls = model_class(spec.name)
+    allowed = allowed_model_arguments(cls)
+    kwargs = dict(spec.kwargs)
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        derived = sorted(set(unknown) & _DATASET_DERIVED)
+        hint = f" ({derived} come from the data section)" if derived else ""
+        raise ConfigError(f"section 'model': unknown key(s) {unknown} for {spec.name}{hint}; allowed keys are {allowed}")
+    if "loss" in kwargs:
+        kwargs["loss"] = _loss(kwargs["loss"])
+    try:
+        return cls.from_dataset(training, **kwargs)
+    except (TypeError, ValueError, AssertionError, KeyError) as exc:
+        raise ConfigError(f"model: {spec.name}.from_dataset rejected the arguments {spec.to_dict()}: {_first_line(exc)}") from None
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+
+class ProgressCallback(pl.Callback):
+    """One line per epoch through the reporter: losses, validation loss, noise level, time."""
+
+    def __init__(self, label: str, reporter: Reporter, max_epochs: int) -> None:
+        self.label = label
+        self.reporter = reporter
+        self.max_epochs = max_epochs
+        self._start = 0.0
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        metrics = trainer.callback_metrics
+        parts = [f"{self.label}: epoch {trainer.current_epoch + 1:>{len(str(self.max_epochs))}}/{self.max_epochs}"]
+        for key, label in (("train_loss_epoch", "train_loss"), ("val_loss", "val_loss"), ("train_nrnn_reg_epoch", "reg")):
+            if key in metrics:
+                parts.append(f"{label} {float(metrics[key]):.4f}")
+        if "train_nrnn_noise_level" in metrics and float(metrics["train_nrnn_noise_level"]) != 1.0:
+            parts.append(f"noise level {float(metrics['train_nrnn_noise_level']):.2f}")
+        parts.append(f"({time.perf_counter() - self._start:.1f}s)")
+        self.reporter.progress("  ".join(parts))
+
+
+@dataclass
+class TrainedModel:
+    model: pl.LightningModule
+    checkpoint: Path | None
+    best_val_loss: float
+    epochs: int
+    seconds: float
+
+
+def fit_model(
+    model: pl.LightningModule,
+    datasets: Datasets,
+    trainer_spec: TrainerSpec,
+    noise: NoiseConfig | None,
+    *,
+    out_dir: str | Path | None,
+    label: str = "model",
+    reporter: Reporter | None = None,
+) -> TrainedModel:
+    """Train ``model`` (with :class:`~nrnn_plugin.lightning.NoisyRNNCallback` when ``noise`` injects noise).
+
+    Weights, batch order and dropout are seeded with ``trainer_spec.seed`` before the model is built by the
+    caller and again here; the noise streams come from ``noise.seed`` (or that seed). The best epoch by
+    validation loss is restored (and written to ``out_dir/model.ckpt`` when ``out_dir`` is given).
+    """
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+    from nrnn_plugin.lightning import NoisyRNNCallback
+
+    reporter = reporter or _Silent()
+    pl.seed_everything(trainer_spec.seed, verbose=False)
+    callbacks: list[pl.Callback] = [ProgressCallback(label, reporter, trainer_spec.max_epochs)]
+    if noise is not None and noise.has_noise:
+        callbacks.append(NoisyRNNCallback(noise))
+    work_dir = Path(out_dir) if out_dir is not None else None
+    checkpoint = ModelCheckpoint(
+        dirpath=str(work_dir) if work_dir is not None else None,
+        filename=Path(CHECKPOINT_NAME).stem,
+        monitor="val_loss",
+        mode="min",
+        save_top_k=1,
+        enable_version_counter=False,
+    )
+    if work_dir is not None:
+        work_dir.mkdir(parents=True, exist_ok=True)
+        callbacks.append(checkpoint)
+    if trainer_spec.early_stopping_patience is not None:
+        callbacks.append(EarlyStopping(monitor="val_loss", mode="min", patience=trainer_spec.early_stopping_patience))
+    best_state = _BestState(model)
+    callbacks.append(best_state)
+    trainer = pl.Trainer(
+        max_epochs=trainer_spec.max_epochs,
+        accelerator=trainer_spec.accelerator,
+        devices=trainer_spec.devices,
+        gradient_clip_val=trainer_spec.gradient_clip_val,
+        limit_train_batches=trainer_spec.limit_train_batches,
+        callbacks=callbacks,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=work_dir is not None,
+        num_sanity_val_steps=0,
+        default_root_dir=str(work_dir) if work_dir is not None else None,
+    )
+    train_loader = datasets.training.to_dataloader(train=True, batch_size=trainer_spec.batch_size, num_workers=0)
+    val_loader = datasets.validation.to_dataloader(train=False, batch_size=max(256, trainer_spec.batch_size), num_workers=0)
+    started = time.perf_counter()
+    trainer.fit(model, train_dataloaders=train_loader, val_dataloaders=val_loader)
+    seconds = time.perf_counter() - started
+    best_state.restore()
+    path = Path(checkpoint.best_model_path) if work_dir is not None and checkpoint.best_model_path else None
+    return TrainedModel(
+        model=model.eval(),
+        checkpoint=path,
+        best_val_loss=best_state.best,
+        epochs=trainer.current_epoch,
+        seconds=seconds,
+    )
+
+
+class _BestState(pl.Callback):
+    """Keeps a copy of the weights of the epoch with the lowest validation loss (in memory; no file needed)."""
+
+    def __init__(self, model: pl.LightningModule) -> None:
+        self.model = model
+        self.best = math.inf
+        self.state: dict[str, torch.Tensor] | None = None
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        value = trainer.callback_metrics.get("val_loss")
+        if value is not None and float(value) < self.best:
+            self.best = float(value)
+            self.state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+
+    def restore(self) -> None:
+        if self.state is not None:
+            self.model.load_state_dict(self.state)
+
+
+# ---------------------------------------------------------------------------------------------- run files
+
+
+@dataclass
+class TrainingResult:
+    config: RunConfig
+    out_dir: Path
+    checkpoint: Path
+    sidecar: Path
+    trained: TrainedModel
+    split: Split
+    windows: dict[str, int]
+    notes: list[str]
+
+
+def _resolve_data_path(config: RunConfig, data_path: str | None) -> str:
+    path = data_path or config.data.path
+    if not path:
+        raise ConfigError("data.path: required (or pass --data FILE), but missing")
+    return path
+
+
+def run_training(
+    config: RunConfig,
+    *,
+    data_path: str | None = None,
+    out_dir: str | None = None,
+    trainer_overrides: Mapping[str, Any] | None = None,
+    reporter: Reporter | None = None,
+) -> TrainingResult:
+    """``nrnn train``: read, prepare, split, build, fit; write ``model.ckpt``, ``model.nrnn.pt``, ``run.yaml``."""
+    import yaml
+
+    reporter = reporter or _Silent()
+    path = _resolve_data_path(config, data_path)
+    data_spec = replace(config.data, path=str(path))
+    trainer_spec = replace(config.trainer, **dict(trainer_overrides or {}))
+    config = replace(config, data=data_spec, trainer=trainer_spec)
+    if out_dir is not None:
+        config = replace(config, output=replace(config.output, dir=str(out_dir)))
+    source = Path(path).name
+    prepared = prepare_frame(read_table(path), data_spec, source=source)
+    datasets = build_datasets(prepared, source=source)
+    for note in prepared.notes:
+        reporter.note(f"{source}: {note}")
+    windows = {
+        "train": len(datasets.training),
+        "validation": len(datasets.validation),
+        "test": len(datasets.test) if datasets.test is not None else 0,
+    }
+    reporter.progress(
+        f"{source}: {len(prepared.frame)} rows, time steps {datasets.split.first}..{datasets.split.last}; windows "
+        + ", ".join(f"{k} {v}" for k, v in windows.items())
+    )
+    pl.seed_everything(trainer_spec.seed, verbose=False)
+    model = build_model(config.model, datasets.training)
+    noisy = config.noise is not None and config.noise.has_noise
+    label = f"{config.model.name}{' + noise' if noisy else ''}"
+    out = Path(config.output.dir)
+    trained = fit_model(model, datasets, trainer_spec, config.noise, out_dir=out, label=label, reporter=reporter)
+    if trained.checkpoint is None:
+        raise RuntimeError("training finished without a checkpoint (no validation loss was logged)")
+    checkpoint = out / CHECKPOINT_NAME
+    if trained.checkpoint.resolve() != checkpoint.resolve():
+        trained.checkpoint.replace(checkpoint)
+    sidecar = checkpoint.with_suffix(SIDECAR_SUFFIX)
+    torch.save(
+        {
+            "format": SIDECAR_FORMAT,
+            "version": SIDECAR_VERSION,
+            "model_class": config.model.name,
+            "dataset_parameters": datasets.training.get_parameters(),
+            "data": data_spec.to_dict(),
+            "time_axis": prepared.time_axis.to_dict(),
+            "group_ids": list(prepared.group_ids),
+            "split": datasets.split.to_dict(),
+            "noise": None if config.noise is None else config.noise.to_dict(),
+            "best_val_loss": trained.best_val_loss,
+            "epochs": trained.epochs,
+        },
+        sidecar,
+    )
+    (out / "run.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    return TrainingResult(
+        config=config,
+        out_dir=out,
+        checkpoint=checkpoint,
+        sidecar=sidecar,
+        trained=trained,
+        split=datasets.split,
+        windows=windows,
+        notes=prepared.notes,
+    )
+
+
+def format_training_summary(result: TrainingResult) -> str:
+    noise = result.config.noise
+    lines = [
+        f"model        {result.config.model.name} ({'Noisy RNN training: ' + _noise_text(noise) if noise is not None and noise.has_noise else 'plain training'})",
+        f"epochs       {result.trained.epochs} in {result.trained.seconds:.1f}s; best val_loss {result.trained.best_val_loss:.4f}",
+        f"windows      " + ", ".join(f"{k} {v}" for k, v in result.windows.items()),
+        f"checkpoint   {result.checkpoint}  (loads with {result.config.model.name}.load_from_checkpoint)",
+        f"sidecar      {result.sidecar}",
+        f"next         nrnn robustness --checkpoint {result.checkpoint} --data {result.config.data.path}",
+    ]
+    return "\n".join(lines)
+
+
+def _noise_text(noise: NoiseConfig) -> str:
+    parts = [f"additive={noise.additive:g}", f"multiplicative={noise.multiplicative:g}"]
+    if noise.mode != "noise":
+        parts.append(f"mode={noise.mode}")
+    return ", ".join(parts)
+
+
+@dataclass
+class LoadedRun:
+    model: pl.LightningModule
+    sidecar: dict[str, Any]
+    spec: DataSpec
+    time_axis: TimeAxis
+
+
+def load_run(checkpoint: str | Path) -> LoadedRun:
+    """The vanilla model (``ModelClass.load_from_checkpoint``) and the sidecar written beside the checkpoint."""
+    ckpt = Path(checkpoint)
+    if not ckpt.is_file():
+        raise InputError(f"checkpoint not found: {str(ckpt)!r}")
+    sidecar_path = ckpt.with_suffix(SIDECAR_SUFFIX)
+    if not sidecar_path.is_file():
+        raise InputError(
+            f"sidecar not found: {str(sidecar_path)!r} (written by 'nrnn train' beside the checkpoint; it holds the "
+            "dataset parameters and split)"
+        )
+    try:
+        sidecar = torch.load(sidecar_path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # a corrupt or foreign file
+        raise InputError(f"could not read the sidecar {str(sidecar_path)!r}: {_first_line(exc)}") from None
+    if not isinstance(sidecar, dict) or sidecar.get("format") != SIDECAR_FORMAT:
+        raise InputError(f"{str(sidecar_path)!r} is not an nrnn-plugin run sidecar")
+    if sidecar.get("version") != SIDECAR_VERSION:
+        raise InputError(f"{str(sidecar_path)!r}: sidecar version {sidecar.get('version')} is not supported (expected {SIDECAR_VERSION})")
+    cls = model_class(sidecar["model_class"])
+    try:
+        model = cls.load_from_checkpoint(str(ckpt), map_location="cpu")
+    except Exception as exc:
+        raise InputError(f"could not load {str(ckpt)!r} as {cls.__name__}: {_first_line(exc)}") from None
+    spec = DataSpec.from_dict(sidecar["data"])
+    axis = TimeAxis(**sidecar["time_axis"])
+    return LoadedRun(model=model.eval(), sidecar=sidecar, spec=spec, time_axis=axis)
+
+
+# ---------------------------------------------------------------------------------------------- robustness
+
+
+#: Strength grids used by the reports (normalised encoder inputs; 0 is the clean input).
+REPORT_STRENGTHS: dict[str, tuple[float, ...]] = {
+    "white_noise": (0.0, 0.1, 0.2, 0.4, 0.8),
+    "multiplicative_noise": (0.0, 0.1, 0.2, 0.4, 0.8),
+    "salt_and_pepper": (0.0, 0.02, 0.05, 0.1),
+    "fgsm": (0.0, 0.02, 0.05, 0.1),
+    "pgd": (0.0, 0.02, 0.05, 0.1),
+}
+
+
+def robustness_grid(
+    perturbations: Sequence[str] | None = None, strengths: Sequence[float] | None = None
+) -> dict[str, tuple[float, ...]]:
+    """``{perturbation: strengths}``; unknown names are an :class:`InputError` listing the allowed ones."""
+    from nrnn_plugin.robustness import PERTURBATIONS
+
+    names = list(perturbations) if perturbations else list(REPORT_STRENGTHS)
+    unknown = [n for n in names if n not in PERTURBATIONS]
+    if unknown:
+        raise InputError(f"--perturbations: unknown {unknown}; allowed: {sorted(PERTURBATIONS)}")
+    grid = {}
+    for name in names:
+        values = tuple(sorted(set((0.0, *strengths)))) if strengths else REPORT_STRENGTHS.get(name, (0.0,))
+        if name == "salt_and_pepper" and any(v > 1 for v in values):
+            raise InputError(f"--strengths: salt_and_pepper strengths are fractions <= 1, got {list(values)}")
+        grid[name] = values
+    return grid
+
+
+def evaluate_robustness(
+    models: Mapping[str, pl.LightningModule],
+    dataset: TimeSeriesDataSet,
+    grid: Mapping[str, Sequence[float]],
+    *,
+    seeds: Sequence[int] = (0, 1, 2),
+    batch_size: int = 256,
+) -> pd.DataFrame:
+    """:func:`nrnn_plugin.robustness.evaluate` on the windows of ``dataset`` (perturbed encoder inputs)."""
+    from nrnn_plugin.robustness import evaluate
+
+    loader = dataset.to_dataloader(train=False, batch_size=batch_size, num_workers=0)
+    return evaluate(dict(models), loader, task="forecasting", perturbations=dict(grid), seeds=list(seeds))
+
+
+def format_robustness_table(results: pd.DataFrame, metric: str = "mae") -> str:
+    """Mean ± std over seeds of ``metric``: one row per (perturbation, strength), one column per model."""
+    from nrnn_plugin.robustness import summarize
+
+    table = summarize(results[results["metric"] == metric])
+    models = list(dict.fromkeys(table["model"]))
+    perturbations = list(dict.fromkeys(table["perturbation"]))
+    header = ["perturbation", "strength", *[f"{m} {metric.upper()}" for m in models]]
+    if len(models) == 2:
+        header.append("change")
+    rows = []
+    clean_done = False
+    for perturbation in perturbations:
+        part = table[table["perturbation"] == perturbation]
+        for strength in sorted(dict.fromkeys(part["strength"])):
+            if strength == 0.0:
+                if clean_done:
+                    continue
+                clean_done = True
+            cells = part[part["strength"] == strength].set_index("model")
+            means = [float(cells.loc[m, "mean"]) for m in models]
+            row = ["clean" if strength == 0.0 else perturbation, "-" if strength == 0.0 else f"{strength:g}"]
+            for m in models:
+                mean, std, n = float(cells.loc[m, "mean"]), float(cells.loc[m, "std"]), int(cells.loc[m, "n"])
+                row.append(f"{mean:.4g} ± {std:.2g}" if n > 1 and std > 0 else f"{mean:.4g}")
+            if len(models) == 2:
+                row.append(f"{100.0 * (means[1] - means[0]) / means[0]:+.1f}%" if means[0] else "")
+            rows.append(row)
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    lines = ["  ".join(str(c).rjust(w) if i > 1 else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in [header] + rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(line.rstrip() for line in lines)
+
+
+@dataclass
+class RobustnessReport:
+    results: pd.DataFrame
+    table: str
+    files: list[Path]
+
+
+def run_robustness_report(
+    *,
+    checkpoint: str,
+    data_path: str,
+    out_dir: str | None = None,
+    perturbations: Sequence[str] | None = None,
+    strengths: Sequence[float] | None = None,
+    seeds: int = 3,
+    windows: str = "test",
+    reporter: Reporter | None = None,
+) -> RobustnessReport:
+    """``nrnn robustness``: load the vanilla model and sidecar, window the data, evaluate, write CSV and PNG."""
+    from nrnn_plugin.robustness import plot_robustness
+
+    reporter = reporter or _Silent()
+    grid = robustness_grid(perturbations, strengths)  # check the names before the slow part
+    run = load_run(checkpoint)
+    source = Path(data_path).name
+    prepared = prepare_frame(read_table(data_path), run.spec, source=source, time_axis=run.time_axis)
+    for note in prepared.notes:
+        reporter.note(f"{source}: {note}")
+    split = run.sidecar["split"]
+    frame = prepared.frame
+    update: dict[str, Any] = {}
+    if windows == "test":
+        if frame[run.spec.time].max() < split["test_start"]:
+            raise DataError(
+                f"{source}: no data at or after the run's test period (time step {split['test_start']}); pass the "
+                "full file, or --windows all to evaluate every window"
+            )
+        update["min_prediction_idx"] = split["test_start"]
+    try:
+        dataset = TimeSeriesDataSet.from_parameters(
+            run.sidecar["dataset_parameters"], frame, stop_randomization=True, **update
+        )
+    except (ValueError, KeyError, AssertionError, TypeError) as exc:
+        raise DataError(f"{source}: could not build evaluation windows: {_first_line(exc)}") from None
+    if len(dataset) == 0:
+        raise DataError(f"{source}: no evaluation windows")
+    label = run.sidecar["model_class"] + (" + noise" if run.sidecar.get("noise") and NoiseConfig.from_dict(run.sidecar["noise"]).has_noise else "")
+    reporter.progress(
+        f"evaluating {label} on {len(dataset)} {windows} windows of {source}: "
+        + ", ".join(f"{k} {list(v)}" for k, v in grid.items())
+        + f", {seeds} seed(s)"
+    )
+    results = evaluate_robustness({label: run.model}, dataset, grid, seeds=list(range(seeds)))
+    out = Path(out_dir) if out_dir is not None else Path(checkpoint).parent
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path = out / "robustness.csv"
+    png_path = out / "robustness.png"
+    results.to_csv(csv_path, index=False)
+    plot_robustness(results, png_path, metric="mae", title=f"{label}: MAE under perturbed encoder inputs ({source})")
+    return RobustnessReport(results=results, table=format_robustness_table(results), files=[csv_path, png_path])
