@@ -31,7 +31,17 @@ LAYOUTS = {
     "packed": SequenceLayout((4, 3, 3, 1, 1)),  # lengths 5, 3, 3, 1 (a sample of length 1 included)
 }
 MODES = ("LSTM", "GRU", "RNN_TANH", "RNN_RELU")
-NOISE_FORMS = ("none", "additive", "mult", "add_mult", "shared_mult", "reference_float", "reference_tensor", "milstein")
+NOISE_FORMS = (
+    "none",
+    "additive",
+    "mult",
+    "add_mult",
+    "shared_mult",
+    "reference_float",
+    "reference_tensor",
+    "milstein",
+    "scalar_tensors",
+)
 
 
 def _noise(form: str, rows: int, generator: torch.Generator) -> AffineNoise | None:
@@ -55,6 +65,8 @@ def _noise(form: str, rows: int, generator: torch.Generator) -> AffineNoise | No
     if form == "reference_tensor":  # reference scheme, shared multiplicative factor: gate/mult tensors [rows, 1]
         config = NoiseConfig(additive=0.3, multiplicative=0.4, dt=0.6, scheme="reference", shared_multiplicative=True)
         return ReferenceScheme(config).coefficients(randn(H + 1, 1.0), H)
+    if form == "scalar_tensors":  # 0-dim tensor coefficients (mean coefficients scaled by a tensor probe scale)
+        return AffineNoise(torch.tensor(0.8, dtype=DTYPE), torch.tensor(0.15, dtype=DTYPE), randn(H, 0.3))
     if form == "milstein":
         config = NoiseConfig(additive=0.2, multiplicative=0.3, dt=0.5, scheme="milstein")
         return Milstein(config).coefficients(randn(H, 1.0), H)
@@ -288,4 +300,4 @@ def test_module_lstm_multiplicative_uses_function_kernel(monkeypatch):
 def test_grid_is_exhaustive():
     """The grid covers every registered mode (a new mode must be added to the tests)."""
     assert set(FUNCTION_KERNELS) == set(MODES)
-    assert len(list(itertools.product(MODES, LAYOUTS, NOISE_FORMS))) == 4 * 2 * 8
+    assert len(list(itertools.product(MODES, LAYOUTS, NOISE_FORMS))) == 4 * 2 * 9

@@ -126,14 +126,20 @@ class _StepPlan:
                 prevs.append((outs[source][:carried], init[carried:size]))
         return outs, prevs
 
-    def gather_prev(self, out: Tensor, init: Tensor) -> Tensor:
-        """The state entering every row, ``[N, H]``, from the per-row outputs ``out`` and ``init [B, H]``."""
-        batch = self.batch
+    def prev_parts(self, out: Tensor, init: Tensor) -> list[tuple[slice, Tensor]]:
+        """The state entering every row, as ``(rows, state [len(rows), H])`` pieces that cover all ``N`` rows.
+
+        Padded input needs no copy: the initial state for the first processed step and the outputs shifted
+        by one step (views) for the others. Packed input: one gathered ``[N, H]`` tensor.
+        """
+        batch, rows = self.batch, self.rows
         if self.contiguous_prev:
             if self.reverse:
-                return torch.cat([out[batch:], init])
-            return torch.cat([init, out[: self.rows - batch]])
-        return torch.cat([out, init]).index_select(0, self.prev_index(out.device))
+                parts = [(slice(0, rows - batch), out[batch:]), (slice(rows - batch, rows), init)]
+            else:
+                parts = [(slice(0, batch), init), (slice(batch, rows), out[: rows - batch])]
+            return [(r, state) for r, state in parts if state.shape[0] > 0]
+        return [(slice(0, rows), torch.cat([out, init]).index_select(0, self.prev_index(out.device)))]
 
     def final(self, out: Tensor) -> Tensor:
         """Final state of every sample, ``[B, H]`` (a new tensor, never a view of ``out``)."""
@@ -227,26 +233,44 @@ def _mul(a: Tensor, b: Tensor | None) -> Tensor:
 
 
 def _weight_grads(
-    needs: tuple[bool, ...],
+    needs: Sequence[bool],
     x: Tensor,
     w_ih: Tensor,
-    prev_h: Tensor | None,
-    grad_x_gates: Tensor,
+    prev_parts: list[tuple[slice, Tensor]] | None,
+    grad_x_gates: list[Tensor],
     grad_h_gates: Tensor,
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
-    """Gradients of ``x, w_ih, w_hh, b_ih, b_hh`` from the gate gradients over all rows (one GEMM each).
+    """Gradients of ``x, w_ih, w_hh, b_ih, b_hh`` from the gate gradients of all rows (one GEMM or sum each).
 
-    ``needs`` = ``ctx.needs_input_grad[:5]`` of the Function (``x, w_ih, w_hh, b_ih, b_hh``).
+    Args:
+        needs: ``ctx.needs_input_grad`` of ``x, w_ih, w_hh, b_ih, b_hh``.
+        prev_parts: the states entering the rows (:meth:`_StepPlan.prev_parts`); needed for ``w_hh``.
+        grad_x_gates: gradient of the input projection ``x W_ih^T + b_ih`` as column blocks ``[N, cols]`` in
+            gate order (one block when it equals ``grad_h_gates``).
+        grad_h_gates: gradient of the hidden projection ``h_prev W_hh^T + b_hh``, ``[N, G*H]``.
     """
-    grad_x = torch.mm(grad_x_gates, w_ih) if needs[0] else None
-    # (X^T dG)^T: several times faster than dG^T X when the input size is small
-    grad_w_ih = torch.mm(x.t(), grad_x_gates).t() if needs[1] else None
-    grad_w_hh = torch.mm(prev_h.t(), grad_h_gates).t() if needs[2] and prev_h is not None else None
-    grad_b_ih = grad_x_gates.sum(0) if needs[3] else None
+    grad_x = grad_w_ih = grad_w_hh = grad_b_ih = grad_b_hh = None
+    if needs[0]:
+        start = 0
+        for block in grad_x_gates:
+            columns = slice(start, start + block.shape[1])
+            grad_x = torch.mm(block, w_ih[columns]) if grad_x is None else grad_x.addmm_(block, w_ih[columns])
+            start = columns.stop
+    if needs[1]:
+        # (X^T dG)^T: several times faster than dG^T X when the input size is small
+        grad_w_ih = torch.cat([torch.mm(x.t(), block) for block in grad_x_gates], dim=1).t()
+    if needs[2] and prev_parts is not None:
+        for rows, state in prev_parts:
+            if grad_w_hh is None:
+                grad_w_hh = torch.mm(state.t(), grad_h_gates[rows])
+            else:
+                grad_w_hh.addmm_(state.t(), grad_h_gates[rows])
+        grad_w_hh = grad_w_hh.t() if grad_w_hh is not None else None
+    if needs[3]:
+        grad_b_ih = torch.cat([block.sum(0) for block in grad_x_gates])
     if needs[4]:
-        grad_b_hh = grad_h_gates.sum(0) if grad_h_gates is not grad_x_gates or grad_b_ih is None else grad_b_ih.clone()
-    else:
-        grad_b_hh = None
+        same = len(grad_x_gates) == 1 and grad_x_gates[0] is grad_h_gates
+        grad_b_hh = grad_b_ih.clone() if same and grad_b_ih is not None else grad_h_gates.sum(0)
     return grad_x, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh
 
 
@@ -351,25 +375,34 @@ class LSTMSequence(torch.autograd.Function):
         x, w_ih, w_hh, h0, c0, out, cells, gates, cell_sigmoid, gate_h, mult_h, gate_c, mult_c = ctx.saved_tensors
         rows, hidden = plan.rows, w_hh.shape[1]
 
-        # ---- everything that does not depend on the incoming gradient, for all rows at once
+        # ---- everything that does not depend on the incoming gradient, for all rows at once:
+        # dG = coef * [dc, dc, dc, dh] with dc the total gradient of the cell state
         i, f, s_g, o = gates.view(rows, 4, hidden).unbind(1)
-        g = 2.0 * s_g - 1.0
-        tanh_c = 2.0 * cell_sigmoid - 1.0
-        c_prev = plan.gather_prev(cells, c0)
-        coef = x.new_empty(rows, 4, hidden)  # dG = coef * [dc, dc, dc, dh]
-        torch.mul(i * (1.0 - i), g, out=coef[:, 0])
-        torch.mul(f * (1.0 - f), c_prev, out=coef[:, 1])
-        torch.mul(1.0 - g * g, i, out=coef[:, 2])
-        torch.mul(o * (1.0 - o), tanh_c, out=coef[:, 3])
+        minus_one = x.new_full((1, 1), -1.0)
+        coef = x.new_empty(rows, 4, hidden)
+        c_i, c_f, c_g, c_o = coef.unbind(1)
+        g = torch.add(minus_one, s_g, alpha=2.0)
+        torch.mul(i, g, out=c_i)
+        torch.addcmul(i, c_i, g, value=-1.0, out=c_g)  # i (1 - g^2)
+        c_i.addcmul_(c_i, i, value=-1.0)  # g i (1 - i)
+        for part_rows, c_prev in plan.prev_parts(cells, c0):
+            torch.mul(f[part_rows], c_prev, out=c_f[part_rows])
+        c_f.addcmul_(c_f, f, value=-1.0)  # c_prev f (1 - f)
+        tanh_c = torch.add(minus_one, cell_sigmoid, alpha=2.0, out=g)
+        torch.mul(tanh_c, o, out=c_o)
+        dc_from_h = torch.addcmul(o, c_o, tanh_c, value=-1.0)  # o (1 - tanh(c)^2): d c_total / d h
+        c_o.addcmul_(c_o, o, value=-1.0)  # tanh(c) o (1 - o)
         if gate_c is not None:
             coef[:, :3].mul_(gate_c.unsqueeze(1))
         if gate_h is not None:
-            coef[:, 3].mul_(gate_h)
-        dc_from_h = _mul(o * (1.0 - tanh_c * tanh_c), gate_h)  # d c / d h (through o * tanh(c))
-        dc_to_prev = _mul(f, gate_c)  # d c / d c_prev
-        if mult_c is not None:
-            dc_to_prev.add_(mult_c)
-        del i, g, s_g, tanh_c, c_prev
+            c_o.mul_(gate_h)
+            dc_from_h.mul_(gate_h)
+        dc_to_prev = f  # d c / d c_prev
+        if gate_c is not None or mult_c is not None:
+            dc_to_prev = _mul(f, gate_c)
+            if mult_c is not None:
+                dc_to_prev.add_(mult_c)
+        del g, tanh_c
 
         grad_h = _initial_grad(grad_out, grad_h_n, plan, out)
         grad_c = _initial_grad(None, grad_c_n, plan, cells)
@@ -400,8 +433,8 @@ class LSTMSequence(torch.autograd.Function):
             _accumulate_prev(dh_prevs[t], dg_steps[t], w_hh_c, dh, None if mh is None else mh[t])
 
         needs = ctx.needs_input_grad
-        prev_h = plan.gather_prev(out, h0) if needs[3] else None
-        gx, gw_ih, gw_hh, gb_ih, gb_hh = _weight_grads(needs[1:6], x, w_ih, prev_h, grad_gates, grad_gates)
+        prev_h = plan.prev_parts(out, h0) if needs[3] else None
+        gx, gw_ih, gw_hh, gb_ih, gb_hh = _weight_grads(needs[1:6], x, w_ih, prev_h, [grad_gates], grad_gates)
         return (None, gx, gw_ih, gw_hh, gb_ih, gb_hh, grad_h0, grad_c0) + (None,) * 6
 
 
@@ -501,21 +534,31 @@ class GRUSequence(torch.autograd.Function):
         x, w_ih, w_hh, h0, out, hidden_gates, new, gate, mult = ctx.saved_tensors
         rows, hidden = plan.rows, w_hh.shape[1]
 
-        # ---- everything that does not depend on the incoming gradient, for all rows at once
+        # ---- everything that does not depend on the incoming gradient, for all rows at once:
+        # dGH = coef * dh (gradient of the hidden projection), d_new = d h / d (pre-activation of n)
         r, z, ghn2 = hidden_gates.view(rows, 3, hidden).unbind(1)
-        prev_h = plan.gather_prev(out, h0)
-        d_new = (1.0 - z) * (1.0 - new * new)  # d h / d (pre-activation of n), per unit of gate
+        prev_h = plan.prev_parts(out, h0)
+        coef = x.new_empty(rows, 3, hidden)
+        c_r, c_z, c_n = coef.unbind(1)
+        d_new = torch.addcmul(x.new_ones((1, 1)), new, new, value=-1.0)  # 1 - n^2
+        d_new.addcmul_(d_new, z, value=-1.0)  # (1 - z) (1 - n^2)
         if gate is not None:
             d_new.mul_(gate)
-        coef = x.new_empty(rows, 3, hidden)  # dGH = coef * dh
-        torch.mul(d_new * (0.5 * ghn2), r * (1.0 - r), out=coef[:, 0])
-        torch.mul((prev_h - new) * z, 1.0 - z, out=coef[:, 1])
+        torch.mul(d_new, r, out=c_n)
+        torch.mul(c_n, ghn2, out=c_r)
+        c_r.addcmul_(c_r, r, value=-1.0)
+        c_r.mul_(0.5)  # d_new r (1 - r) gh_n  (ghn2 holds 2 gh_n)
+        for part_rows, state in prev_h:
+            torch.sub(state, new[part_rows], out=c_z[part_rows])
+        c_z.mul_(z)
+        c_z.addcmul_(c_z, z, value=-1.0)  # (h_prev - n) z (1 - z)
         if gate is not None:
-            coef[:, 1].mul_(gate)
-        torch.mul(d_new, r, out=coef[:, 2])
-        direct = _mul(z, gate)  # d h / d h_prev outside the recurrent GEMM
-        if mult is not None:
-            direct.add_(mult)
+            c_z.mul_(gate)
+        direct = z  # d h / d h_prev outside the recurrent GEMM
+        if gate is not None or mult is not None:
+            direct = _mul(z, gate)
+            if mult is not None:
+                direct.add_(mult)
         del r, ghn2
 
         grad_h = _initial_grad(grad_out, grad_h_n, plan, out)
@@ -534,9 +577,7 @@ class GRUSequence(torch.autograd.Function):
             _accumulate_prev(dh_prevs[t], dgh_steps[t], w_hh_c, dh_outs[t], direct_steps[t])  # type: ignore[index]
 
         needs = ctx.needs_input_grad
-        grad_input_gates = torch.empty_like(grad_hidden)
-        grad_input_gates[:, : 2 * hidden].copy_(grad_hidden[:, : 2 * hidden])
-        torch.mul(grad_h, d_new, out=grad_input_gates[:, 2 * hidden :])
+        grad_input_gates = [grad_hidden[:, : 2 * hidden], d_new.mul_(grad_h)]  # r, z as above; n: dh * d_new
         gx, gw_ih, gw_hh, gb_ih, gb_hh = _weight_grads(needs[1:6], x, w_ih, prev_h, grad_input_gates, grad_hidden)
         return (None, gx, gw_ih, gw_hh, gb_ih, gb_hh, grad_h0) + (None,) * 3
 
@@ -618,14 +659,13 @@ class ElmanSequence(torch.autograd.Function):
     def backward(ctx: Any, grad_out: Tensor | None, grad_h_n: Tensor | None) -> tuple[Any, ...]:
         plan: _StepPlan = ctx.plan
         x, w_ih, w_hh, h0, out, act, gate, mult = ctx.saved_tensors
-        rows = plan.rows
         if ctx.relu:
-            slope = (act > 0).to(act.dtype)
+            slope = torch.sign(act)  # act = relu(u) >= 0: 1 where u > 0, else 0
+            if gate is not None:
+                slope.mul_(gate)
         else:
-            psi = 2.0 * act - 1.0
-            slope = 1.0 - psi * psi
-        if gate is not None:
-            slope.mul_(gate)
+            slope = torch.addcmul(act, act, act, value=-1.0)  # s (1 - s); tanh'(u) = 1 - (2s - 1)^2 = 4 s (1 - s)
+            slope.mul_(4.0 * gate if gate is not None else 4.0)
 
         grad_h = _initial_grad(grad_out, grad_h_n, plan, out)
         grad_h0 = torch.zeros_like(h0)
@@ -642,9 +682,8 @@ class ElmanSequence(torch.autograd.Function):
             _accumulate_prev(dh_prevs[t], dp_steps[t], w_hh_c, dh, None if ms is None else ms[t])
 
         needs = ctx.needs_input_grad
-        prev_h = plan.gather_prev(out, h0) if needs[4] else None
-        assert rows == grad_pre.shape[0]
-        gx, gw_ih, gw_hh, gb_ih, gb_hh = _weight_grads(needs[2:7], x, w_ih, prev_h, grad_pre, grad_pre)
+        prev_h = plan.prev_parts(out, h0) if needs[4] else None
+        gx, gw_ih, gw_hh, gb_ih, gb_hh = _weight_grads(needs[2:7], x, w_ih, prev_h, [grad_pre], grad_pre)
         return (None, None, gx, gw_ih, gw_hh, gb_ih, gb_hh, grad_h0) + (None,) * 3
 
 
@@ -669,7 +708,11 @@ def needs_reference(*noises: AffineNoise | None) -> bool:
 def _coefficients(
     noise: AffineNoise | None, rows: int, hidden: int, like: Tensor, argument: str
 ) -> tuple[_Coef, _Coef, _Coef]:
-    """``(gate, mult, add)`` as tensors ``[N, H]``, ``[N, 1]`` or ``[1, 1]`` (floats) in ``like``'s dtype, or ``None``."""
+    """``(gate, mult, add)`` as tensors ``[N, H]``, ``[N, 1]`` or ``[1, 1]`` (numbers) in ``like``'s dtype, or ``None``.
+
+    Accepted per coefficient: a tensor ``[N, H]`` or ``[N, 1]``, a 0-dim tensor or a Python number (broadcast
+    to every row), or ``None``.
+    """
     if noise is None:
         return None, None, None
     result: list[_Coef] = []
@@ -677,10 +720,12 @@ def _coefficients(
         if coef is None:
             result.append(None)
         elif isinstance(coef, Tensor):
-            if coef.dim() != 2 or coef.shape[0] != rows or coef.shape[1] not in (1, hidden):
+            if coef.dim() == 0:  # a number held in a tensor (e.g. a float scaled by a tensor probe scale)
+                coef = coef.reshape(1, 1)
+            elif coef.dim() != 2 or coef.shape[0] != rows or coef.shape[1] not in (1, hidden):
                 raise ValueError(
                     f"{argument}.{name}: expected a tensor of shape [{rows}, {hidden}] or [{rows}, 1] (rows x "
-                    f"hidden units), a float or None, got shape {list(coef.shape)}"
+                    f"hidden units), a 0-dim tensor, a float or None, got shape {list(coef.shape)}"
                 )
             result.append(coef.to(device=like.device, dtype=like.dtype))
         elif isinstance(coef, (int, float)):
