@@ -180,39 +180,71 @@ def forecast_samples(
             own inference path, e.g. autoregressive for ``RecurrentNetwork`` and ``DeepAR``).
         data: a ``DataLoader`` yielding ``(x, y)`` batches or a ``TimeSeriesDataSet``
             (``to_dataloader(train=False, batch_size=batch_size)``).
-        n_samples: paths per window. For models whose ``forward`` samples by itself (``DeepAR``: ``n_samples``
-            argument) every path is one autoregressive sample of the model's distribution *and* of the
+        n_samples: paths per window. For models whose ``forward`` samples a distribution loss by itself
+            (``DeepAR``: ``forward(x, n_samples)``) every path is one autoregressive sample of the model's distribution *and* of the
             hidden noise; otherwise a path is the point forecast (``model.to_prediction``) under one draw of
             hidden noise.
-        samples_per_forward, seed, scale: see :func:`sample_paths` and :func:`sampling_noise`.
+        samples_per_forward: paths computed per forward (the batch is repeated that many times).
+        seed, scale: see :func:`sampling_noise`.
 
     Returns:
         ``[N, T, n_samples]`` in the target's original scale (single-target models), windows in data order.
     """
+    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
+        raise ValueError(f"forecast_samples: n_samples must be an integer >= 1, got {n_samples!r}")
     loader = data.to_dataloader(train=False, batch_size=batch_size, num_workers=0) if hasattr(data, "to_dataloader") else data
     model.eval()
-    samples_itself = "n_samples" in inspect.signature(model.forward).parameters
+    samples_itself = _samples_itself(model)
     device = next(model.parameters()).device
+    per_forward = max(1, min(samples_per_forward, n_samples))
 
-    def forward(m: nn.Module, x: Any) -> Tensor:
-        if samples_itself:
-            out = m(x, n_samples=1)
-            prediction = m.to_prediction(out, use_metric=False)
-        else:
-            prediction = m.to_prediction(m(x))
-        if not isinstance(prediction, Tensor):
-            raise ValueError("forecast_samples: multi-target models are not supported; use sample_paths with a forward")
-        return prediction
+    def point_forecast(m: nn.Module, x: Any) -> Tensor:
+        return _single_target(m.to_prediction(m(x)))  # [B, T]
+
+    def sampled_forecasts(x: Any) -> Tensor:
+        # the model repeats the batch and samples itself: [B, T, k]. pytorch-forecasting's DeepAR mis-scales
+        # its sampling for n_samples=1, so at least 2 are requested per forward.
+        chunks, remaining = [], n_samples
+        while remaining > 0:
+            k = max(2, min(per_forward, remaining))
+            chunks.append(_single_target(model(x, n_samples=k)["prediction"])[..., : min(k, remaining)])
+            remaining -= k
+        return torch.cat(chunks, dim=-1)
 
     batches: list[Tensor] = []
-    with sampling_noise(model, seed=seed, scale=scale):
+    with torch.no_grad(), sampling_noise(model, seed=seed, scale=scale):
         for x, _ in loader:
             x = _to_device(x, device)
-            paths = sample_paths(
-                model, x, n_samples, forward=forward, samples_per_forward=min(samples_per_forward, n_samples), scale=scale
-            )  # [S, B, T]
-            batches.append(paths.movedim(0, -1))
+            if samples_itself:
+                batches.append(sampled_forecasts(x))
+            else:
+                paths = sample_paths(
+                    model, x, n_samples, forward=point_forecast, samples_per_forward=per_forward, scale=scale
+                )
+                batches.append(paths.movedim(0, -1))  # [S, B, T] -> [B, T, S]
     return torch.cat(batches)
+
+
+def _samples_itself(model: nn.Module) -> bool:
+    """True for models that sample their distribution in ``forward(x, n_samples=k)`` (DeepAR).
+
+    ``RecurrentNetwork`` also accepts ``n_samples`` but ignores it; the distribution loss tells them apart.
+    """
+    if "n_samples" not in inspect.signature(model.forward).parameters:
+        return False
+    from pytorch_forecasting.metrics import DistributionLoss, MultiLoss
+
+    losses = list(model.loss) if isinstance(getattr(model, "loss", None), MultiLoss) else [getattr(model, "loss", None)]
+    return all(isinstance(loss, DistributionLoss) for loss in losses)
+
+
+def _single_target(prediction: Any) -> Tensor:
+    if not isinstance(prediction, Tensor):
+        raise ValueError(
+            "forecast_samples: multi-target models are not supported; use sample_paths with a forward that "
+            "selects one target"
+        )
+    return prediction
 
 
 def _to_device(obj: Any, device: torch.device) -> Any:
