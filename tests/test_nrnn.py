@@ -270,7 +270,7 @@ def test_cell_matches_one_layer_step_and_noise():
     expected = layer(x, h.unsqueeze(0))[1][0] + math.sqrt(0.5) * 0.3 * draw
     torch.testing.assert_close(cell(x[0], h), expected, rtol=0, atol=ATOL)
     cell.eval()
-    torch.testing.assert_close(cell(x[0], h), layer(x, h.unsqueeze(0))[1][0], rtol=0, atol=0)
+    torch.testing.assert_close(cell(x[0], h), layer(x, h.unsqueeze(0))[1][0], rtol=0, atol=ATOL)
 
 
 # ---------------------------------------------------------------------------------------------- noise
@@ -419,3 +419,77 @@ def test_seeded_noise_is_reproducible():
         model.load_state_dict(NRNN(I, H, dt=0.1).state_dict())
         outs.append(model(x)[0])
     torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------------------------------------- sequence kernel
+
+
+KERNEL_CASES = {
+    "deterministic": (None, {}),
+    "no_linear_part": (None, {"alpha": 0.0, "beta": 1.0}),
+    "em_add_mult": (nrnn.NoiseConfig(additive=0.3, multiplicative=0.2, dt=0.5), {}),
+    "em_shared": (nrnn.NoiseConfig(additive=0.1, multiplicative=0.3, shared_multiplicative=True), {}),
+    "milstein": (nrnn.NoiseConfig(additive=0.3, multiplicative=0.2, scheme="milstein"), {"alpha": 0.0}),
+    "reference": (nrnn.NoiseConfig(additive=0.3, multiplicative=0.2, scheme="reference"), {}),
+    "reference_dt": (nrnn.NoiseConfig(additive=0.3, scheme="reference", dt=0.7), {}),
+}
+
+
+def _forward_and_grads(model: NRNN, x, h0):
+    out, h_n = model(x, h0)
+    loss = (out * torch.linspace(-1, 2, out.shape[-1], dtype=DTYPE)).sin().sum() + (h_n * 3).cos().sum()
+    inputs = [x, h0, *model.parameters()]
+    grads = torch.autograd.grad(loss, inputs, allow_unused=True)  # weight_B is unused when alpha = 0
+    return [out, h_n, *(torch.zeros_like(i) if g is None else g for i, g in zip(inputs, grads))]
+
+
+@pytest.mark.parametrize("case", list(KERNEL_CASES))
+@pytest.mark.parametrize("learn_dt", [False, True])
+def test_sequence_kernel_matches_the_autograd_unroll(case, learn_dt):
+    """Padded input runs NRNNSequence (hand-written backward); use_kernel('reference') the autograd unroll."""
+    from nrnn_plugin.layers import use_kernel
+
+    config, kwargs = KERNEL_CASES[case]
+    base = _layer(num_layers=2, bidirectional=True, learn_dt=learn_dt, **kwargs)
+    x = torch.randn(T, B, I, dtype=DTYPE, generator=_gen(), requires_grad=True)
+    h0 = torch.randn(4, B, H, dtype=DTYPE, generator=_gen(1), requires_grad=True)
+    results = []
+    for kernel in ("auto", "reference"):
+        model = copy.deepcopy(base)
+        if config is not None:
+            nrnn.register_noise(model, config)
+            probe = torch.Generator().manual_seed(5)
+            model._nrnn_runtime.source = FixedNoise(
+                [torch.randn(2, T * B, w, dtype=DTYPE, generator=probe) for w in [model._nrnn_runtime.diffusion().width(H)] * 2]
+            )
+        with use_kernel(kernel):
+            results.append(_forward_and_grads(model.train(), x, h0))
+    for fast, ref in zip(*results):
+        torch.testing.assert_close(fast, ref, rtol=0, atol=1e-12)
+
+
+def test_sequence_kernel_gradcheck_and_mean_coefficients():
+    from nrnn_plugin.nrnn import NRNNSequence
+
+    g = _gen(7)
+    xw = torch.randn(4, 2, 3, dtype=DTYPE, generator=g, requires_grad=True)
+    h0 = torch.randn(2, 3, dtype=DTYPE, generator=g, requires_grad=True)
+    kernel = torch.randn(6, 3, dtype=DTYPE, generator=g, requires_grad=True)
+    step = torch.rand(3, dtype=DTYPE, generator=g).add(0.1).requires_grad_(True)
+    gate = torch.rand(4, 2, 3, dtype=DTYPE, generator=g) + 0.5
+    mult = torch.randn(4, 2, 1, dtype=DTYPE, generator=g)
+    add = torch.randn(4, 2, 3, dtype=DTYPE, generator=g)
+    fn = lambda *a: NRNNSequence.apply(*a[:4], True, gate, mult, add)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (xw, h0, kernel, step))
+    fn = lambda *a: NRNNSequence.apply(*a[:3], 0.3, False, 0.9, 0.1, None)  # numbers: the mean coefficients  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (xw, h0, kernel[:3]))
+
+
+def test_coefficients_that_require_grad_fall_back_to_autograd():
+    model = nrnn.register_noise(_layer(), nrnn.NoiseConfig(additive=0.3, scheme="reference", multiplicative=0.2))
+    model._nrnn_runtime.source = FixedNoise([torch.randn(1, T * B, 2 * H, dtype=DTYPE, generator=_gen(3))])
+    scale = torch.tensor(0.5, dtype=DTYPE, requires_grad=True)
+    model._nrnn_runtime.probe_scale = scale
+    out, _ = model.train()(torch.randn(T, B, I, dtype=DTYPE, generator=_gen()))
+    (grad,) = torch.autograd.grad(out.sum(), scale)
+    assert grad.abs() > 0
