@@ -150,6 +150,31 @@ def test_lstm_noise_on_cell(layout_name, reverse, target):
     _compare("LSTM", layout_name, False, reverse, "reference_tensor", "add_mult", seed=5)
 
 
+@pytest.mark.parametrize("sizes", [(3,), (1, 1, 1), (2, 1), (3, 3, 1)], ids=["one-step", "batch-1", "2-1", "3-3-1"])
+def test_small_layouts(sizes):
+    """Edge layouts: a single step, a single sample, a batch that shrinks to one sample."""
+    LAYOUTS["edge"] = SequenceLayout(sizes)
+    try:
+        for k, (mode, reverse) in enumerate(itertools.product(MODES, (False, True))):
+            _compare(mode, "edge", True, reverse, "add_mult", "shared_mult", seed=k)
+    finally:
+        del LAYOUTS["edge"]
+
+
+def test_backward_twice_with_retained_graph():
+    """The backward does not modify what it saved: a second backward (retain_graph) gives the same grads."""
+    layout = LAYOUTS["packed"]
+    for mode in MODES:
+        generator, x, weights, h0, c0 = _case(mode, layout, True, 37)
+        noise = _noise("reference_tensor", layout.rows, generator)
+        out, h_n, c_n = FUNCTION_KERNELS[mode](x, layout, *weights, h0, c0, noise, noise if c0 is not None else None, True)
+        loss = out.sin().sum() + h_n.sum() + (0.0 if c_n is None else c_n.sum())
+        leaves = [t for t in (x, *weights, h0, c0) if t is not None]
+        first = torch.autograd.grad(loss, leaves, retain_graph=True)
+        second = torch.autograd.grad(loss, leaves)
+        _assert_close(list(second), list(first), f"{mode} second backward", tol=0.0)
+
+
 def test_only_final_state_used():
     """Gradients when the per-step output is unused (grad_out is None) or only ``h_n`` is used."""
     layout = LAYOUTS["packed"]

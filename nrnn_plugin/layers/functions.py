@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -50,10 +50,8 @@ from nrnn_plugin.layers.reference import reference_unroll
 
 __all__ = ["lstm_sequence", "gru_sequence", "rnn_tanh_sequence", "rnn_relu_sequence", "needs_reference"]
 
-# A noise coefficient after normalisation: a tensor of shape [N, H], [N, 1] or [1, 1] (a float), or None.
+# A noise coefficient after normalisation: a tensor of shape [N, H], [N, 1] or [1, 1] (a number), or None.
 _Coef = Tensor | None
-# Per-step views of a coefficient (or of a buffer): one entry per time step.
-_Steps = Sequence[Tensor]
 # The state entering a step: a view, or (rows carried from the previous step, rows from the initial state).
 _Prev = Tensor | tuple[Tensor, Tensor]
 

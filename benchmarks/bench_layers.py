@@ -1,0 +1,91 @@
+"""Training-step speed of noisy recurrent layers relative to PyTorch's fused modules.
+
+Prints a Markdown table of ratios (noisy / fused, forward + backward, paired and interleaved in one process;
+median over rounds) and optionally writes every measurement to CSV. The timing code lives in
+:mod:`nrnn_plugin.benchmarking`.
+
+    python benchmarks/bench_layers.py --quick                      # < 1 minute
+    python benchmarks/bench_layers.py --out benchmarks/results/layers_cpu.csv --markdown benchmarks/results/layers_cpu.md
+    python benchmarks/bench_layers.py --device cuda --out benchmarks/results/layers_cuda.csv
+
+CPU tip: ``MALLOC_MMAP_THRESHOLD_=10000000000 MALLOC_TRIM_THRESHOLD_=10000000000`` keeps glibc from returning
+large buffers to the OS after every step (faster large shapes, fused and noisy alike).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import torch
+
+from nrnn_plugin import benchmarking
+from nrnn_plugin.benchmarking import CASES, LayerSize
+
+
+def _parse_ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small grid, short timing (< 1 minute)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    parser.add_argument("--out", help="write all measurements to this CSV file")
+    parser.add_argument("--markdown", help="also write the Markdown table to this file")
+    parser.add_argument("--cases", help=f"comma-separated subset of {','.join(CASES)}")
+    parser.add_argument("--batch", type=_parse_ints, help="override the grid: batch sizes, e.g. 64,256")
+    parser.add_argument("--steps", type=_parse_ints, help="override the grid: sequence lengths")
+    parser.add_argument("--hidden", type=_parse_ints, help="override the grid: hidden sizes")
+    parser.add_argument("--layers", type=_parse_ints, help="override the grid: numbers of layers")
+    parser.add_argument("--input-size", type=int, default=8)
+    parser.add_argument("--budget", type=float, help="seconds of timing per (size, case) pair")
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads for this run")
+    args = parser.parse_args(argv)
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    grid = None
+    if any(v is not None for v in (args.batch, args.steps, args.hidden, args.layers)):
+        base = benchmarking.TARGET_SIZE
+        grid = [
+            LayerSize(b, t, h, args.input_size, layers)
+            for b in args.batch or [base.batch]
+            for t in args.steps or [base.steps]
+            for h in args.hidden or [base.hidden]
+            for layers in args.layers or [base.layers]
+        ]
+    cases = args.cases.split(",") if args.cases else None
+    timing = {} if args.budget is None else {"budget_s": args.budget}
+    started = time.perf_counter()
+
+    def progress(row: dict) -> None:
+        print(
+            f"  {row['case']:<18} B={row['batch']:<4} T={row['steps']:<4} H={row['hidden']:<4} L={row['layers']}"
+            f"  fused {row['base_ms']:8.1f} ms  noisy {row['noisy_ms']:8.1f} ms  ratio {row['ratio']:.2f}"
+            f"  [{row['ratio_min']:.2f}, {row['ratio_max']:.2f}]",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    rows = benchmarking.run_layer_benchmark(
+        grid=grid, quick=args.quick, device=args.device, cases=cases, on_result=progress, **timing
+    )
+    table = benchmarking.format_markdown(rows)
+    elapsed = time.perf_counter() - started
+    print(
+        f"Training-step time ratio noisy / fused (forward + backward; eval_registered: eval forward), "
+        f"{args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads, {elapsed:.0f} s\n"
+    )
+    print(table)
+    if args.out:
+        benchmarking.write_csv(rows, args.out)
+    if args.markdown:
+        with open(args.markdown, "w") as handle:
+            handle.write(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

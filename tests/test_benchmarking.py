@@ -1,0 +1,36 @@
+"""The benchmark helpers run end to end on a tiny grid and format their results (no timing assertions)."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from nrnn_plugin import benchmarking
+from nrnn_plugin.benchmarking import CASES, FULL_GRID, LayerSize
+
+
+def test_tiny_grid_runs_and_formats(tmp_path):
+    size = LayerSize(batch=2, steps=3, hidden=4, input_size=2, layers=2)
+    timing = {"min_rounds": 1, "max_rounds": 1, "budget_s": 0.0, "min_interval_s": 0.0, "warmup": 0}
+    seen = []
+    rows = benchmarking.run_layer_benchmark(grid=[size], cases=list(CASES), on_result=seen.append, **timing)
+    assert [row["case"] for row in rows] == list(CASES) and seen == rows
+    for row in rows:
+        assert row["ratio"] > 0 and row["base_ms"] > 0 and row["noisy_ms"] > 0
+        assert (row["batch"], row["steps"], row["hidden"], row["layers"]) == (2, 3, 4, 2)
+    table = benchmarking.format_markdown(rows)
+    lines = table.strip().splitlines()
+    assert len(lines) == 3 and all(name in lines[0] for name in CASES)
+    path = tmp_path / "out.csv"
+    benchmarking.write_csv(rows, path)
+    with path.open() as handle:
+        assert len(list(csv.DictReader(handle))) == len(rows)
+
+
+def test_grid_and_errors():
+    assert len(FULL_GRID) == 2 * 3 * 3 * 2
+    with pytest.raises(ValueError, match="unknown cases"):
+        benchmarking.run_layer_benchmark(grid=[], cases=["nope"])
+    with pytest.raises(ValueError, match="min_rounds"):
+        benchmarking.time_pair(lambda: None, lambda: None, min_rounds=0)
