@@ -1,0 +1,328 @@
+"""Reading and checking the user's table for ``nrnn train`` / ``nrnn robustness``: pandas only, no Lightning.
+
+Everything a user can get wrong in a data file is caught here, before the slow import of pytorch-forecasting:
+a missing file, column names that do not exist (the error lists the ones that do), a non-numeric target or
+covariate, duplicate or missing time steps, missing values (interpolated, dropped or refused by
+``data.missing``) and series too short for the time split (the error gives the minimum length).
+
+Times become integer steps: an integer column as it is, dates as periods of ``data.freq`` since the first
+date (the mapping, :class:`TimeAxis`, is stored with the run so evaluation data maps the same way).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from nrnn_plugin.cli_config import DATA_SUFFIXES, ConfigError, DataError, DataSpec, InputError, RunConfig
+
+__all__ = [
+    "SERIES_COLUMN",
+    "TimeAxis",
+    "PreparedData",
+    "Split",
+    "read_table",
+    "prepare_frame",
+    "compute_split",
+    "minimum_series_length",
+    "split_and_check",
+    "load_training_data",
+]
+
+SERIES_COLUMN = "_series"  # the group column added when data.group_ids is empty
+
+
+
+
+def read_table(path: str | Path) -> pd.DataFrame:  # noqa: C901 (one branch per format)
+    """A CSV (``.csv``, ``.csv.gz``, ``.tsv``) or parquet (``.parquet``, ``.pq``) file as a DataFrame."""
+    file = Path(path)
+    if not file.exists():
+        raise InputError(f"data file not found: {str(file)!r}")
+    if file.is_dir():
+        raise InputError(f"data path is a folder, expected a CSV or parquet file: {str(file)!r}")
+    name = file.name.lower()
+    try:
+        if name.endswith((".parquet", ".pq")):
+            try:
+                return pd.read_parquet(file)
+            except ImportError as exc:
+                raise InputError(f"reading parquet needs pyarrow (pip install pyarrow): {exc}") from None
+        if name.endswith(".tsv"):
+            return pd.read_csv(file, sep="\t")
+        if name.endswith((".csv", ".csv.gz", ".txt")):
+            return pd.read_csv(file)
+    except InputError:
+        raise
+    except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        raise DataError(f"could not read {str(file)!r}: {exc}") from None
+    raise InputError(f"data file {str(file)!r}: expected one of the suffixes {list(DATA_SUFFIXES)}")
+
+
+@dataclass(frozen=True)
+class TimeAxis:
+    """How the ``time`` column maps to integer steps: integers as they are, or dates as periods since ``origin``."""
+
+    kind: str  # "int" or "date"
+    freq: str | None = None
+    origin: str | None = None  # the first period (ISO string) when kind == "date"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "freq": self.freq, "origin": self.origin}
+
+
+@dataclass
+class PreparedData:
+    """A validated frame ready for ``TimeSeriesDataSet``: integer time steps, string group ids, float reals."""
+
+    frame: pd.DataFrame
+    spec: DataSpec
+    time_axis: TimeAxis
+    group_ids: tuple[str, ...]
+    notes: list[str] = field(default_factory=list)
+
+
+def _missing_columns(df: pd.DataFrame, spec: DataSpec, source: str) -> None:
+    wanted = list(dict.fromkeys(spec.columns))
+    missing = [c for c in wanted if c not in df.columns]
+    if missing:
+        raise DataError(
+            f"{source}: column(s) {missing} not found; the file has columns {[str(c) for c in df.columns]} "
+            "(check data.time, data.target, data.group_ids and the covariate lists)"
+        )
+
+
+def _numeric(df: pd.DataFrame, column: str, role: str, source: str) -> pd.Series:
+    values = df[column]
+    if pd.api.types.is_bool_dtype(values) or not (
+        pd.api.types.is_numeric_dtype(values) or pd.api.types.is_object_dtype(values) or pd.api.types.is_string_dtype(values)
+    ):
+        raise DataError(f"{source}: {role} column {column!r} must be numeric, got dtype {values.dtype}")
+    converted = pd.to_numeric(values, errors="coerce")
+    bad = converted.isna() & values.notna()
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise DataError(
+            f"{source}: {role} column {column!r} must be numeric, but {int(bad.sum())} value(s) are not "
+            f"(first at row {row}: {values.iloc[row]!r})"
+        )
+    return converted.astype("float64")
+
+
+def _time_steps(df: pd.DataFrame, spec: DataSpec, source: str, axis: TimeAxis | None) -> tuple[pd.Series, TimeAxis]:
+    column = df[spec.time]
+    if axis is None or axis.kind == "int":
+        if pd.api.types.is_integer_dtype(column):
+            if axis is None and spec.freq is not None:
+                raise ConfigError(f"data.freq: only for date columns, but time column {spec.time!r} holds integers")
+            return column.astype("int64"), TimeAxis("int")
+        if pd.api.types.is_float_dtype(column) and column.notna().all() and (column == np.round(column)).all():
+            return column.astype("int64"), TimeAxis("int")
+        if axis is not None:
+            raise DataError(f"{source}: time column {spec.time!r} must hold integer steps like the training data")
+    if column.isna().any():
+        raise DataError(f"{source}: time column {spec.time!r} has {int(column.isna().sum())} missing value(s)")
+    try:
+        with warnings.catch_warnings():  # "could not infer format": the values are checked right here
+            warnings.simplefilter("ignore", UserWarning)
+            dates = pd.to_datetime(column)
+    except (ValueError, TypeError, OverflowError):
+        raise DataError(
+            f"{source}: time column {spec.time!r} must hold integer steps or dates, got values like {column.iloc[0]!r}"
+        ) from None
+    freq = axis.freq if axis is not None else spec.freq
+    if freq is None:
+        unique = pd.DatetimeIndex(sorted(dates.unique()))
+        freq = pd.infer_freq(unique) if len(unique) >= 3 else None
+        if freq is None:
+            raise ConfigError(
+                f"data.freq: could not infer the frequency of the dates in {spec.time!r}; set it (e.g. 'D', 'W-SAT', "
+                "'MS')"
+            )
+    try:
+        periods = dates.dt.to_period(freq)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"data.freq: {freq!r} is not a pandas frequency for these dates ({exc})") from None
+    origin = pd.Period(axis.origin, freq=freq) if axis is not None else periods.min()
+    steps = periods.map(lambda p: (p - origin).n).astype("int64")
+    return steps, TimeAxis("date", freq=freq, origin=str(origin))
+
+
+def _fill_missing(frame: pd.DataFrame, columns: Sequence[str], group_ids: Sequence[str], policy: str, source: str, notes: list[str]) -> pd.DataFrame:
+    counts = {c: int(frame[c].isna().sum()) for c in columns}
+    counts = {c: n for c, n in counts.items() if n}
+    if not counts:
+        return frame
+    described = ", ".join(f"{c!r}: {n}" for c, n in counts.items())
+    if policy == "error":
+        raise DataError(f"{source}: missing values ({described}); fill them or set data.missing: interpolate or drop")
+    if policy == "drop":
+        notes.append(f"dropped rows with missing values ({described})")
+        return frame.dropna(subset=list(counts)).reset_index(drop=True)
+    filled = frame.copy()
+    for column in counts:
+        filled[column] = frame.groupby(list(group_ids), sort=False, observed=True)[column].transform(
+            lambda s: s.interpolate(limit_direction="both")
+        )
+    still = {c: int(filled[c].isna().sum()) for c in counts if filled[c].isna().any()}
+    if still:
+        raise DataError(f"{source}: columns {sorted(still)} have no values at all in some series; cannot interpolate")
+    notes.append(f"interpolated missing values ({described})")
+    return filled
+
+
+def prepare_frame(
+    df: pd.DataFrame, spec: DataSpec, *, source: str = "data", time_axis: TimeAxis | None = None
+) -> PreparedData:
+    """Check columns and types, turn times into integer steps, fill or refuse missing values.
+
+    Args:
+        df: the raw table.
+        spec: the ``data`` section.
+        source: how to name the data in error messages (usually the file name).
+        time_axis: the training run's time mapping (for evaluation data); ``None`` derives it from ``df``.
+    Raises:
+        DataError: missing columns (names them and lists the existing ones), non-numeric target or real
+            covariates, duplicate or missing time steps, no rows.
+    """
+    if df.empty:
+        raise DataError(f"{source}: the table has no rows")
+    _missing_columns(df, spec, source)
+    notes: list[str] = []
+    frame = df[list(dict.fromkeys(spec.columns))].copy()
+    frame[spec.time], axis = _time_steps(frame, spec, source, time_axis)
+    group_ids = spec.group_ids
+    if not group_ids:
+        frame[SERIES_COLUMN] = "0"
+        group_ids = (SERIES_COLUMN,)
+    for column in group_ids + spec.known_categoricals + spec.static_categoricals:
+        if frame[column].isna().any():
+            raise DataError(f"{source}: categorical column {column!r} has {int(frame[column].isna().sum())} missing value(s)")
+        frame[column] = frame[column].astype(str)
+    frame[spec.target] = _numeric(frame, spec.target, "target", source)
+    reals = spec.known_reals + spec.unknown_reals + spec.static_reals
+    for column in reals:
+        frame[column] = _numeric(frame, column, "real covariate", source)
+    frame = frame.sort_values(list(group_ids) + [spec.time], kind="stable").reset_index(drop=True)
+    duplicated = frame.duplicated(list(group_ids) + [spec.time])
+    if duplicated.any():
+        row = frame[duplicated].iloc[0]
+        raise DataError(
+            f"{source}: {int(duplicated.sum())} duplicate time step(s) within a series (first: time {row[spec.time]} "
+            f"in series {tuple(row[g] for g in group_ids) if spec.group_ids else 'the only series'}); "
+            "set data.group_ids if the file holds several series"
+        )
+    frame = _fill_missing(frame, (spec.target,) + reals, group_ids, spec.missing, source, notes)
+    if not spec.allow_missing_timesteps:
+        steps = frame.groupby(list(group_ids), sort=False, observed=True)[spec.time].diff()
+        gap = steps > 1
+        if gap.any():
+            i = int(np.flatnonzero(gap.to_numpy())[0])
+            raise DataError(
+                f"{source}: time steps are missing (e.g. {int(frame[spec.time].iloc[i - 1])} -> "
+                f"{int(frame[spec.time].iloc[i])}); fill the gaps or set data.allow_missing_timesteps: true"
+            )
+    return PreparedData(frame=frame, spec=spec, time_axis=axis, group_ids=tuple(group_ids), notes=notes)
+
+
+# ---------------------------------------------------------------------------------------------- split
+
+
+@dataclass(frozen=True)
+class Split:
+    """The time split, the same cut for every series: train ``< val_start <=`` validation ``< test_start <=`` test."""
+
+    first: int
+    last: int
+    val_start: int
+    test_start: int  # last + 1 when there is no test part
+
+    @property
+    def has_test(self) -> bool:
+        return self.test_start <= self.last
+
+    def to_dict(self) -> dict[str, int]:
+        return {"first": self.first, "last": self.last, "val_start": self.val_start, "test_start": self.test_start}
+
+
+def _steps(size: float | int, span: int) -> int:
+    return size if isinstance(size, int) else int(round(size * span))
+
+
+def compute_split(spec: DataSpec, first: int, last: int) -> Split:
+    span = last - first + 1
+    test = _steps(spec.test, span)
+    validation = _steps(spec.validation, span)
+    test_start = last - test + 1
+    return Split(first=first, last=last, val_start=test_start - validation, test_start=test_start)
+
+
+def _split_problem(spec: DataSpec, length: int) -> str | None:
+    """Why a series of ``length`` steps (covering the whole time span) cannot be split and windowed, or None."""
+    split = compute_split(spec, 0, length - 1)
+    window = spec.max_encoder_length + spec.max_prediction_length
+    if split.val_start - split.first < window:
+        return f"{split.val_start - split.first} training steps, fewer than one window of {window}"
+    if split.test_start - split.val_start < spec.max_prediction_length:
+        return f"{split.test_start - split.val_start} validation steps, fewer than max_prediction_length"
+    if spec.test and split.last + 1 - split.test_start < spec.max_prediction_length:
+        return f"{split.last + 1 - split.test_start} test steps, fewer than max_prediction_length"
+    return None
+
+
+def minimum_series_length(spec: DataSpec, limit: int = 10_000_000) -> int:
+    """The shortest series that gives a training window, a validation window and (if any) a test window."""
+    n = spec.max_encoder_length + spec.max_prediction_length
+    while n < limit and _split_problem(spec, n) is not None:
+        n += 1
+    return n
+
+
+def split_and_check(prepared: PreparedData, *, source: str = "data") -> tuple[PreparedData, Split]:
+    """The time split of ``prepared``; refuses data too short to split (the error gives the minimum length) and
+    leaves out, with a note, series that have no training window."""
+    spec = prepared.spec
+    frame = prepared.frame
+    split = compute_split(spec, int(frame[spec.time].min()), int(frame[spec.time].max()))
+    problem = _split_problem(spec, split.last - split.first + 1)
+    if problem is not None:
+        raise DataError(
+            f"{source}: the series are too short: {split.last - split.first + 1} time steps give {problem}; "
+            f"with max_encoder_length={spec.max_encoder_length}, max_prediction_length={spec.max_prediction_length}, "
+            f"validation={spec.validation} and test={spec.test} the minimum length is {minimum_series_length(spec)} "
+            "(or shorten data.max_encoder_length / data.max_prediction_length)"
+        )
+    frame = prepared.frame
+    window = spec.max_encoder_length + spec.max_prediction_length
+    train_counts = frame[frame[spec.time] < split.val_start].groupby(list(prepared.group_ids), observed=True).size()
+    groups = frame.groupby(list(prepared.group_ids), observed=True).size().index
+    short = [g for g in groups if train_counts.get(g, 0) < window]
+    if short and len(short) == len(groups):
+        raise DataError(f"{source}: no series has a training window of {window} steps before the validation period")
+    if short:
+        keep = ~frame.set_index(list(prepared.group_ids)).index.isin(short)
+        named = ", ".join(str(g) for g in short[:5]) + (" ..." if len(short) > 5 else "")
+        prepared.notes.append(
+            f"left out {len(short)} series with fewer than {window} training steps: {named}"
+        )
+        prepared = replace(prepared, frame=frame[keep].reset_index(drop=True))
+    return prepared, split
+
+
+def load_training_data(config: RunConfig, data_path: str | None = None) -> tuple[RunConfig, PreparedData, Split]:
+    """Read and check the run's data (pandas only; see :mod:`nrnn_plugin.cli_data`); ``data_path`` overrides
+    ``data.path``. Returns the config with the path filled in, the prepared data and its time split."""
+    path = data_path or config.data.path
+    if not path:
+        raise ConfigError("data.path: required (or pass --data FILE), but missing")
+    config = replace(config, data=replace(config.data, path=str(path)))
+    source = Path(path).name
+    prepared = prepare_frame(read_table(path), config.data, source=source)
+    prepared, split = split_and_check(prepared, source=source)
+    return config, prepared, split

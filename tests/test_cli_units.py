@@ -1,0 +1,309 @@
+"""In-process checks of the pieces behind the ``nrnn`` command line: the run-file schema, data preparation,
+the time split, argument parsing and one-line errors. The end-to-end commands are in ``test_cli.py``."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from nrnn_plugin.cli import EXIT_INPUT, format_plugin_report, main
+from nrnn_plugin.cli_config import (
+    ConfigError,
+    DataError,
+    DataSpec,
+    InputError,
+    RunConfig,
+    load_run_config,
+    noise_from_dict,
+)
+from nrnn_plugin.cli_data import (
+    SERIES_COLUMN,
+    TimeAxis,
+    compute_split,
+    minimum_series_length,
+    prepare_frame,
+    read_table,
+    split_and_check,
+)
+from nrnn_plugin.config import NoiseConfig
+
+
+def run_main(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(argv))
+        except SystemExit as exit:
+            code = exit.code
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def co2() -> pd.DataFrame:
+    """Mauna Loa CO2, weekly (statsmodels): ``date`` strings and ``co2`` with 59 missing values."""
+    sm = pytest.importorskip("statsmodels.api")
+    frame = sm.datasets.co2.load_pandas().data.reset_index(names="date")
+    frame["date"] = frame["date"].dt.strftime("%Y-%m-%d")
+    return frame
+
+
+@pytest.fixture(scope="module")
+def grunfeld() -> pd.DataFrame:
+    """The grunfeld panel (statsmodels): 11 firms x 20 years."""
+    sm = pytest.importorskip("statsmodels.api")
+    frame = sm.datasets.grunfeld.load_pandas().data
+    return frame.astype({"year": int})
+
+
+# ---------------------------------------------------------------------------------------------- schema
+
+
+def test_example_run_file_is_valid_and_complete():
+    config = load_run_config("examples/run.yaml")
+    assert config.model.name == "RecurrentNetwork"
+    assert config.noise == NoiseConfig(additive=0.2, seed=0)
+    # Every key of every section is spelled out in the example.
+    import yaml
+
+    raw = yaml.safe_load(open("examples/run.yaml"))
+    assert set(raw) == set(RunConfig.SECTIONS)
+    assert set(raw["data"]) == set(DataSpec.__dataclass_fields__)
+    assert set(raw["noise"]) == set(NoiseConfig.__dataclass_fields__)
+    assert set(raw["noise"]["schedule"]) == {"kind", "warmup", "decay", "final", "interval"}
+
+
+def test_run_config_round_trips_and_defaults():
+    config = RunConfig.from_dict({"data": {"time": "t", "target": "y"}})
+    assert config.noise is None and config.model.name == "RecurrentNetwork"
+    assert config.trainer.max_epochs == 20 and config.data.validation == 0.15
+    again = RunConfig.from_dict(config.to_dict())
+    assert again == config
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"data": {"time": "t", "target": "y"}, "extras": 1}, "the run file: unknown key(s) ['extras']"),
+        ({"model": {}}, "data: required section"),
+        ({"data": {"target": "y"}}, "data.time: required"),
+        ({"data": {"time": "t", "target": "t"}}, "data.target: column 't' is already used as data.time"),
+        ({"data": {"time": "t", "target": "y", "group_ids": "g", "known_reals": ["g"]}}, "data.known_reals: column 'g'"),
+        ({"data": {"time": "t", "target": "y", "validation": 0.6, "test": 0.5}}, "sum to less than 1"),
+        ({"data": {"time": "t", "target": "y", "validation": 0}}, "data.validation: expected a number of time steps"),
+        ({"data": {"time": "t", "target": "y", "test": -3}}, "data.test: expected"),
+        ({"data": {"time": "t", "target": "y", "max_encoder_length": 0}}, "data.max_encoder_length: expected an integer >= 1, got 0"),
+        ({"data": {"time": "t", "target": "y", "normalizer": "minmax"}}, "data.normalizer: expected one of 'encoder', 'group', 'none', got 'minmax'"),
+        ({"data": {"time": "t", "target": "y"}, "trainer": {"epochs": 3}}, "section 'trainer': unknown key(s) ['epochs']"),
+        ({"data": {"time": "t", "target": "y"}, "trainer": {"max_epochs": 1.5}}, "trainer.max_epochs: expected an integer >= 1, got 1.5"),
+        ({"data": {"time": "t", "target": "y"}, "output": {"folder": "x"}}, "section 'output': unknown key(s) ['folder']"),
+        ({"data": {"time": "t", "target": "y"}, "model": {"class": "NHiTS"}}, "got 'NHiTS'"),
+        ({"data": {"time": "t", "target": "y"}, "noise": {"sheme": "milstein"}}, "noise: NoiseConfig: unknown key(s) ['sheme']"),
+        ({"data": {"time": "t", "target": "y"}, "noise": {"scheme": "heun"}}, "noise: NoiseConfig.scheme: expected one of"),
+        ({"data": {"time": "t", "target": "y"}, "noise": [0.1]}, "noise: expected a mapping"),
+    ],
+)
+def test_run_config_errors_name_the_key(data, message):
+    with pytest.raises(ConfigError) as info:
+        RunConfig.from_dict(data)
+    assert message in str(info.value)
+
+
+def test_noise_section_absent_empty_or_disabled():
+    assert noise_from_dict(None) is None and noise_from_dict({}) is None
+    assert noise_from_dict({"enabled": False}).has_noise is False
+    assert noise_from_dict({"additive": 0.1, "schedule": {"kind": "linear", "warmup": 5}}).schedule.warmup == 5
+
+
+def test_invalid_yaml_names_the_line(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("data:\n  time: [year\n")
+    with pytest.raises(ConfigError, match=r"not valid YAML \(line \d+, column \d+\)"):
+        load_run_config(path)
+    path.write_text("")
+    with pytest.raises(ConfigError, match="the file is empty"):
+        load_run_config(path)
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+def test_dates_become_weekly_steps_and_missing_values_are_interpolated(co2):
+    spec = DataSpec.from_dict({"time": "date", "target": "co2"})
+    prepared = prepare_frame(co2, spec, source="co2.csv")
+    frame = prepared.frame
+    assert prepared.time_axis == TimeAxis("date", freq="W-SAT", origin="1958-03-23/1958-03-29")  # inferred
+    np.testing.assert_array_equal(frame["date"].to_numpy(), np.arange(len(co2)))
+    assert frame["co2"].notna().all() and prepared.notes == ["interpolated missing values ('co2': 59)"]
+    # A missing week is linear between its neighbours.
+    i = int(np.flatnonzero(co2["co2"].isna().to_numpy())[0])
+    assert co2["co2"].iloc[i - 1] <= frame["co2"].iloc[i] <= co2["co2"].iloc[i + 1] or co2["co2"].iloc[i + 1] <= frame["co2"].iloc[i]
+    assert set(frame[SERIES_COLUMN]) == {"0"}
+
+    # Evaluation data maps through the training run's time axis (a later slice keeps its step numbers).
+    later = prepare_frame(co2.iloc[1000:], spec, time_axis=prepared.time_axis)
+    assert int(later.frame["date"].iloc[0]) == 1000
+
+
+def test_missing_value_policies(co2):
+    dropped = prepare_frame(co2, DataSpec.from_dict({"time": "date", "target": "co2", "missing": "drop", "allow_missing_timesteps": True}))
+    assert len(dropped.frame) == len(co2) - 59
+    with pytest.raises(DataError, match=r"missing values \('co2': 59\)"):
+        prepare_frame(co2, DataSpec.from_dict({"time": "date", "target": "co2", "missing": "error"}))
+    with pytest.raises(DataError, match=r"time steps are missing \(e.g. \d+ -> \d+\).*allow_missing_timesteps"):
+        prepare_frame(co2, DataSpec.from_dict({"time": "date", "target": "co2", "missing": "drop"}))
+
+
+def test_panel_with_group_ids_and_covariates(grunfeld):
+    spec = DataSpec.from_dict(
+        {"time": "year", "target": "invest", "group_ids": ["firm"], "unknown_reals": ["value", "capital"],
+         "max_encoder_length": 5, "max_prediction_length": 2, "validation": 3, "test": 3}
+    )
+    prepared, split = split_and_check(prepare_frame(grunfeld, spec))
+    assert prepared.group_ids == ("firm",) and prepared.frame["firm"].nunique() == 11
+    assert (split.first, split.last, split.val_start, split.test_start) == (1935, 1954, 1949, 1952)
+    with pytest.raises(DataError, match=r"duplicate time step\(s\).*set data.group_ids"):
+        prepare_frame(grunfeld, DataSpec.from_dict({"time": "year", "target": "invest"}))
+
+
+def test_wrong_columns_list_missing_and_existing(grunfeld):
+    spec = DataSpec.from_dict({"time": "year", "target": "investment", "known_reals": ["capitol"]})
+    with pytest.raises(DataError) as info:
+        prepare_frame(grunfeld, spec, source="grunfeld.csv")
+    assert "grunfeld.csv: column(s) ['investment', 'capitol'] not found" in str(info.value)
+    assert "['invest', 'value', 'capital', 'firm', 'year']" in str(info.value)
+
+
+def test_non_numeric_columns():
+    frame = pd.DataFrame({"t": range(5), "y": ["1", "2", "x", "4", "5"], "c": [True] * 5})
+    with pytest.raises(DataError, match=r"target column 'y' must be numeric, but 1 value\(s\) are not \(first at row 2: 'x'\)"):
+        prepare_frame(frame, DataSpec.from_dict({"time": "t", "target": "y"}))
+    frame["y"] = [1.0, 2, 3, 4, 5]
+    with pytest.raises(DataError, match="real covariate column 'c' must be numeric, got dtype bool"):
+        prepare_frame(frame, DataSpec.from_dict({"time": "t", "target": "y", "known_reals": ["c"]}))
+    frame = pd.DataFrame({"t": ["a", "b", "c"], "y": [1.0, 2, 3]})
+    with pytest.raises(DataError, match="time column 't' must hold integer steps or dates"):
+        prepare_frame(frame, DataSpec.from_dict({"time": "t", "target": "y"}))
+
+
+@pytest.mark.parametrize(
+    "section, expected",
+    [
+        # training window (enc + pred) + validation + test steps, with integer split sizes: exact sum.
+        ({"max_encoder_length": 12, "max_prediction_length": 4, "validation": 30, "test": 30}, 12 + 4 + 30 + 30),
+        ({"max_encoder_length": 12, "max_prediction_length": 4, "validation": 30, "test": 0}, 12 + 4 + 30),
+        # fractions: n - round(0.15 n) - round(0.15 n) >= 65 and round(0.15 n) >= 13 -> n = 93 (93 - 14 - 14 = 65).
+        ({"max_encoder_length": 52, "max_prediction_length": 13}, 93),
+    ],
+)
+def test_minimum_series_length(section, expected):
+    spec = DataSpec.from_dict({"time": "t", "target": "y", **section})
+    assert minimum_series_length(spec) == expected
+    frame = pd.DataFrame({"t": range(expected), "y": np.sin(np.arange(expected, dtype=float))})
+    split_and_check(prepare_frame(frame, spec))  # exactly long enough
+    with pytest.raises(DataError, match=f"the minimum length is {expected}"):
+        split_and_check(prepare_frame(frame.iloc[1:], spec))
+
+
+def test_split_is_by_time():
+    spec = DataSpec.from_dict({"time": "t", "target": "y", "validation": 0.2, "test": 10})
+    split = compute_split(spec, 0, 99)
+    assert (split.val_start, split.test_start, split.has_test) == (70, 90, True)
+
+
+def test_short_series_of_a_panel_are_left_out_with_a_note(grunfeld):
+    spec = DataSpec.from_dict(
+        {"time": "year", "target": "invest", "group_ids": ["firm"], "max_encoder_length": 5,
+         "max_prediction_length": 2, "validation": 3, "test": 3}
+    )
+    short_firm = grunfeld["firm"].iloc[0]
+    trimmed = grunfeld[~((grunfeld["firm"] == short_firm) & (grunfeld["year"] < 1944))]  # 5 training steps (1944-1948)
+    prepared, _ = split_and_check(prepare_frame(trimmed, spec))
+    assert short_firm not in set(prepared.frame["firm"])
+    assert any("left out 1 series with fewer than 7 training steps" in note for note in prepared.notes)
+
+
+def test_read_table_formats_and_errors(tmp_path):
+    frame = pd.DataFrame({"t": [0, 1], "y": [1.0, 2.0]})
+    frame.to_csv(tmp_path / "a.csv", index=False)
+    frame.to_csv(tmp_path / "a.tsv", index=False, sep="\t")
+    pd.testing.assert_frame_equal(read_table(tmp_path / "a.csv"), frame)
+    pd.testing.assert_frame_equal(read_table(tmp_path / "a.tsv"), frame)
+    with pytest.raises(InputError, match="data file not found"):
+        read_table(tmp_path / "b.csv")
+    with pytest.raises(InputError, match="expected one of the suffixes"):
+        (tmp_path / "a.xlsx").write_bytes(b"PK")
+        read_table(tmp_path / "a.xlsx")
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        (tmp_path / "a.parquet").write_bytes(b"PAR1")
+        with pytest.raises(InputError, match="reading parquet needs pyarrow"):
+            read_table(tmp_path / "a.parquet")
+    else:
+        frame.to_parquet(tmp_path / "a.parquet")
+        pd.testing.assert_frame_equal(read_table(tmp_path / "a.parquet"), frame)
+
+
+# ---------------------------------------------------------------------------------------------- argument parsing
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        ((), "usage: nrnn"),
+        (("train", "--config", "x.yaml", "--epochs", "3"), "nrnn train: error: unrecognized arguments: --epochs 3"),
+        (("demo", "--epochs", "0"), "expected a positive integer, got '0'"),
+        (("demo", "--dataset", "mnist"), "invalid choice: 'mnist'"),
+        (("robustness", "--checkpoint", "m.ckpt"), "the following arguments are required: --data"),
+        (("robustness", "--checkpoint", "m.ckpt", "--data", "d.csv", "--strengths", "0.1,-1"), "expected a finite number >= 0"),
+        (("train", "--config", "does/not/exist.yaml"), "nrnn train: error: config file not found: 'does/not/exist.yaml' (no such folder)"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(argv, message):
+    code, out, err = run_main(*argv)
+    assert code == EXIT_INPUT
+    assert message in err
+    assert "Traceback" not in err
+    if argv:
+        assert len(err.strip().splitlines()) == 1
+
+
+def test_unexpected_errors_are_one_line_with_a_hint(monkeypatch):
+    import nrnn_plugin.cli as cli
+
+    def boom(args):
+        raise RuntimeError("something broke\nover two lines")
+
+    monkeypatch.setattr(cli, "cmd_plugins", boom)
+    parser = cli.build_parser  # handlers are bound when the parser is built
+    monkeypatch.setattr(cli, "build_parser", lambda: _with_handler(parser(), "plugins", boom))
+    code, _, err = run_main("plugins")
+    assert code == 1
+    assert err.strip() == "nrnn plugins: internal error: RuntimeError: something broke over two lines (rerun with NRNN_DEBUG=1 for the traceback)"
+    monkeypatch.setenv("NRNN_DEBUG", "1")
+    with pytest.raises(RuntimeError):
+        main(["plugins"])
+
+
+def _with_handler(parser, command, handler):
+    sub = next(a for a in parser._actions if a.dest == "command")
+    sub.choices[command].set_defaults(handler=handler)
+    return parser
+
+
+def test_plugin_table_shows_reasons():
+    report = [
+        {"name": "builtin", "source": "builtin", "loaded": True},
+        {"name": "x", "source": "entry point x-dist", "loaded": False, "reason": "ImportError: no y"},
+        {"name": "f", "source": "entry point nrnn-plugin", "loaded": True,
+         "adapter": {"available": False, "reason": "pytorch-forecasting is not installed", "handles": []}},
+    ]
+    text = format_plugin_report(report, "nrnn_plugin")
+    lines = text.splitlines()
+    assert lines[1].split() == ["plugin", "source", "status", "details"]
+    assert lines[3].split()[0] == "x" and lines[3].endswith("skipped      ImportError: no y")
+    assert "unavailable  pytorch-forecasting is not installed" in lines[4]
