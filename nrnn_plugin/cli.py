@@ -97,6 +97,22 @@ def set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
+def require(command: str, modules: Sequence[str], extra: str) -> None:
+    """Refuse to start ``command`` (one line, exit 2) when an optional dependency is not installed."""
+    import importlib.util
+
+    from nrnn_plugin.cli_config import InputError
+
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise InputError(
+            f"'nrnn {command}' needs {', '.join(missing)}, which is not installed: pip install 'nrnn-plugin[{extra}]'"
+        )
+
+
+FORECASTING = ("lightning", "pytorch_forecasting")
+
+
 def _debug() -> bool:
     return os.environ.get(DEBUG_VAR, "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -159,6 +175,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from nrnn_plugin import cli_data
 
     config, prepared, split = cli_data.load_training_data(config, args.data)
+    require("train", FORECASTING, "forecasting")
     reporter.progress(f"{args.config}: valid; importing pytorch-forecasting")
     from nrnn_plugin import pipeline
 
@@ -176,6 +193,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_robustness(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     reporter = Reporter(quiet=args.quiet)
+    require("robustness", (*FORECASTING, "matplotlib"), "forecasting,data")
     from nrnn_plugin import pipeline
 
     quiet_frameworks()
@@ -198,6 +216,7 @@ def cmd_robustness(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     reporter = Reporter(quiet=args.quiet)
+    require("demo", (*FORECASTING, "statsmodels", "matplotlib"), "forecasting,data")
     from nrnn_plugin import cli_demo
 
     quiet_frameworks()

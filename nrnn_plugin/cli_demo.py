@@ -182,7 +182,7 @@ def run_demo(
     folded = _fold_seeds(results)
     png_path = out / "demo_robustness.png"
     plot_robustness(
-        folded[folded["metric"] == "mae"], png_path, metric="mae",
+        folded[folded["metric"] == "mae"], png_path, metric="mae", ncols=len(settings.grid),
         title=f"{dataset}: test MAE under perturbed encoder inputs (bands: ± std over seeds)",
     )
     table = _report(folded, settings, seeds, fit_seconds, plain_name, noisy_name, dataset)

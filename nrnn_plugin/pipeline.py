@@ -537,6 +537,14 @@ REPORT_STRENGTHS: dict[str, tuple[float, ...]] = {
 }
 
 
+#: Models whose checkpoints ``nrnn robustness`` refuses, and why.
+UNSUPPORTED_FOR_ROBUSTNESS = {
+    "DeepAR": "its forward without n_samples decodes with the observed future targets (teacher forcing), so "
+    "model(x) is not a forecast, and its point forecast is sampled (no input gradient for fgsm/pgd); "
+    "RecurrentNetwork and TemporalFusionTransformer checkpoints are supported",
+}
+
+
 def robustness_grid(
     perturbations: Sequence[str] | None = None, strengths: Sequence[float] | None = None
 ) -> dict[str, tuple[float, ...]]:
@@ -629,6 +637,11 @@ def run_robustness_report(
     reporter = reporter or _Silent()
     grid = robustness_grid(perturbations, strengths)  # check the names before the slow part
     run = load_run(checkpoint)
+    if run.sidecar["model_class"] in UNSUPPORTED_FOR_ROBUSTNESS:
+        raise InputError(
+            f"robustness reports for {run.sidecar['model_class']} are not supported yet: "
+            f"{UNSUPPORTED_FOR_ROBUSTNESS[run.sidecar['model_class']]}"
+        )
     source = Path(data_path).name
     prepared = prepare_frame(read_table(data_path), run.spec, source=source, time_axis=run.time_axis)
     for note in prepared.notes:
@@ -663,5 +676,13 @@ def run_robustness_report(
     csv_path = out / "robustness.csv"
     png_path = out / "robustness.png"
     results.to_csv(csv_path, index=False)
-    plot_robustness(results, png_path, metric="mae", title=f"{label}: MAE under perturbed encoder inputs ({source})")
-    return RobustnessReport(results=results, table=format_robustness_table(results), files=[csv_path, png_path])
+    plot_robustness(
+        results[results["metric"] == "mae"], png_path, metric="mae", ncols=min(len(grid), 5),
+        title=f"{label}: MAE under perturbed encoder inputs ({source})",
+    )
+    title = (
+        f"{label} on {len(dataset)} {windows} windows of {source}: MAE in the target's units, perturbed "
+        f"(normalised) encoder inputs, mean ± std over {seeds} perturbation seed(s)"
+    )
+    table = title + "\n\n" + format_robustness_table(results)
+    return RobustnessReport(results=results, table=table, files=[csv_path, png_path])

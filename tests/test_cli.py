@@ -229,8 +229,9 @@ def test_train_then_robustness_on_real_data(tmp_path, sunspots_csv):
     )
     assert result.returncode == 0, result.stderr
     table = result.stdout.splitlines()
-    assert table[0].split()[:2] == ["perturbation", "strength"]
-    assert [line.split()[0] for line in table[2:]] == ["clean", "white_noise", "fgsm"]
+    assert table[0].startswith("RecurrentNetwork + noise on 27 test windows of sunspots.csv: MAE")
+    assert table[2].split()[:2] == ["perturbation", "strength"]
+    assert [line.split()[0] for line in table[4:]] == ["clean", "white_noise", "fgsm"]
 
     import pandas as pd
 

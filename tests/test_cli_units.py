@@ -307,3 +307,70 @@ def test_plugin_table_shows_reasons():
     assert lines[1].split() == ["plugin", "source", "status", "details"]
     assert lines[3].split()[0] == "x" and lines[3].endswith("skipped      ImportError: no y")
     assert "unavailable  pytorch-forecasting is not installed" in lines[4]
+
+
+# ---------------------------------------------------------------------------------------------- model and run files
+
+
+@pytest.fixture(scope="module")
+def sunspot_datasets():
+    pytest.importorskip("pytorch_forecasting")
+    sm = pytest.importorskip("statsmodels.api")
+    from nrnn_plugin import pipeline
+
+    frame = sm.datasets.sunspots.load_pandas().data.astype({"YEAR": int})
+    spec = DataSpec.from_dict(
+        {"time": "YEAR", "target": "SUNACTIVITY", "max_encoder_length": 12, "max_prediction_length": 4,
+         "normalizer": "group", "validation": 30, "test": 30}
+    )
+    prepared, split = split_and_check(prepare_frame(frame, spec))
+    return pipeline.build_datasets(prepared, split)
+
+
+def test_model_arguments_are_checked_against_the_class(sunspot_datasets):
+    from nrnn_plugin import pipeline
+    from nrnn_plugin.cli_config import ModelSpec
+
+    training = sunspot_datasets.training
+    with pytest.raises(ConfigError) as info:
+        pipeline.build_model(ModelSpec.from_dict({"class": "RecurrentNetwork", "hiden_size": 8}), training)
+    assert "unknown key(s) ['hiden_size'] for RecurrentNetwork" in str(info.value)
+    assert "'hidden_size'" in str(info.value) and "'learning_rate'" in str(info.value)
+    with pytest.raises(ConfigError, match=r"\['x_reals'\] come from the data section"):
+        pipeline.build_model(ModelSpec.from_dict({"x_reals": ["a"]}), training)
+    with pytest.raises(ConfigError, match=r"model.loss: expected one of \[.*'MAE'.*\], got 'Huber'"):
+        pipeline.build_model(ModelSpec.from_dict({"loss": "Huber"}), training)
+
+    model = pipeline.build_model(ModelSpec.from_dict({"hidden_size": 8, "rnn_layers": 1, "loss": "RMSE"}), training)
+    assert type(model).__name__ == "RecurrentNetwork" and model.hparams.hidden_size == 8
+    assert type(model.loss).__name__ == "RMSE"
+
+
+def test_split_windows_do_not_overlap_in_prediction_time(sunspot_datasets):
+    """Validation windows predict only validation steps, test windows only test steps (no leakage)."""
+    split = sunspot_datasets.split
+
+    def predicted_steps(dataset):
+        index = dataset.index  # one row per window: its first time step and length
+        first = index["time"] + dataset.max_encoder_length
+        last = index["time"] + index["sequence_length"] - 1
+        return int(first.min()), int(last.max())
+
+    assert predicted_steps(sunspot_datasets.training)[1] == split.val_start - 1
+    assert predicted_steps(sunspot_datasets.validation) == (split.val_start, split.test_start - 1)
+    assert predicted_steps(sunspot_datasets.test) == (split.test_start, split.last)
+    assert (split.val_start, split.test_start, split.last) == (1949, 1979, 2008)
+
+
+def test_load_run_refuses_a_checkpoint_without_its_sidecar(tmp_path):
+    pytest.importorskip("pytorch_forecasting")
+    from nrnn_plugin import pipeline
+
+    with pytest.raises(InputError, match="checkpoint not found"):
+        pipeline.load_run(tmp_path / "model.ckpt")
+    (tmp_path / "model.ckpt").write_bytes(b"")
+    with pytest.raises(InputError, match=r"sidecar not found: .*model.nrnn.pt"):
+        pipeline.load_run(tmp_path / "model.ckpt")
+    (tmp_path / "model.nrnn.pt").write_bytes(b"not a pickle")
+    with pytest.raises(InputError, match="could not read the sidecar"):
+        pipeline.load_run(tmp_path / "model.ckpt")
