@@ -86,14 +86,15 @@ class NoisyRNNCallback(pl.Callback):
         self._previous_step: Any = None
         self._source_states: dict[str, dict[str, Any]] = {}
         self._pending: dict[str, Any] | None = None
-        self._level = 1.0
+        #: the schedule's current multiplier on the noise levels (set before every training batch).
+        self.level = 1.0
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(config={self.config!r})"
 
     @property
     def active(self) -> bool:
-        """True when the config injects noise or adds the regularizer (``enabled`` and a non-zero level)."""
+        """True when the config has noise to inject or to regularize with (``enabled`` and a level > 0)."""
         return self.config.has_noise
 
     # ------------------------------------------------------------------ lifecycle
@@ -126,9 +127,9 @@ class NoisyRNNCallback(pl.Callback):
             return
         schedule = self.config.schedule
         progress = trainer.global_step if schedule.interval == "step" else trainer.current_epoch
-        self._level = schedule.factor(progress)
-        noise_level(pl_module, self._level)
-        pl_module.log(LEVEL_METRIC, self._level, on_step=True, on_epoch=False, batch_size=_batch_size(batch))
+        self.level = schedule.factor(progress)
+        noise_level(pl_module, self.level)
+        pl_module.log(LEVEL_METRIC, self.level, on_step=True, on_epoch=False, batch_size=_batch_size(batch))
 
     # ------------------------------------------------------------------ checkpoint state
     def state_dict(self) -> dict[str, Any]:
