@@ -41,7 +41,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layers", type=_parse_ints, help="override the grid: numbers of layers")
     parser.add_argument("--input-size", type=int, default=8)
     parser.add_argument("--budget", type=float, help="seconds of timing per (size, case) pair")
+    parser.add_argument("--min-rounds", type=int, help="at least this many paired rounds per (size, case)")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads for this run")
+    parser.add_argument(
+        "--clock",
+        choices=sorted(benchmarking.CLOCKS),
+        default="wall",
+        help="wall (default) or cpu: process CPU time, robust on a shared machine; use with --threads 1",
+    )
     args = parser.parse_args(argv)
 
     if args.threads:
@@ -58,9 +65,16 @@ def main(argv: list[str] | None = None) -> int:
         ]
     cases = args.cases.split(",") if args.cases else None
     timing = {} if args.budget is None else {"budget_s": args.budget}
+    timing["clock"] = args.clock
+    if args.min_rounds is not None:
+        timing["min_rounds"] = args.min_rounds
     started = time.perf_counter()
+    measured: list[dict] = []
 
     def progress(row: dict) -> None:
+        measured.append(row)
+        if args.out:  # rewrite after every measurement so that an interrupted run keeps its rows
+            benchmarking.write_csv(measured, args.out)
         print(
             f"  {row['case']:<18} B={row['batch']:<4} T={row['steps']:<4} H={row['hidden']:<4} L={row['layers']}"
             f"  fused {row['base_ms']:8.1f} ms  noisy {row['noisy_ms']:8.1f} ms  ratio {row['ratio']:.2f}"
@@ -76,11 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.perf_counter() - started
     print(
         f"Training-step time ratio noisy / fused (forward + backward; eval_registered: eval forward), "
-        f"{args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads, {elapsed:.0f} s\n"
+        f"{args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads, {args.clock} clock, "
+        f"{elapsed:.0f} s\n"
     )
     print(table)
-    if args.out:
-        benchmarking.write_csv(rows, args.out)
     if args.markdown:
         with open(args.markdown, "w") as handle:
             handle.write(table)

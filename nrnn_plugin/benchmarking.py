@@ -155,13 +155,16 @@ def _synchronizer(device: torch.device) -> Callable[[], None]:
     return lambda: None
 
 
-def _time_steps(step: Callable[[], None], count: int, sync: Callable[[], None]) -> float:
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def _time_steps(step: Callable[[], None], count: int, sync: Callable[[], None], clock: Callable[[], float]) -> float:
     sync()
-    start = time.perf_counter()
+    start = clock()
     for _ in range(count):
         step()
     sync()
-    return (time.perf_counter() - start) / count
+    return (clock() - start) / count
 
 
 def time_pair(
@@ -174,6 +177,7 @@ def time_pair(
     budget_s: float = 3.0,
     min_interval_s: float = 0.05,
     warmup: int = 2,
+    clock: str = "wall",
 ) -> PairTiming:
     """Time two step functions paired and interleaved; ``ratio`` = median over rounds of ``other / base``.
 
@@ -183,24 +187,33 @@ def time_pair(
         min_rounds, max_rounds: bounds on the number of rounds; within them the rounds fill ``budget_s``.
         min_interval_s: each timed block runs ``inner`` steps so that it lasts at least this long.
         warmup: untimed steps of each function first (allocations, lazy initialisation).
+        clock: ``"wall"`` (``time.perf_counter``, default) or ``"cpu"`` (``time.process_time``: CPU time of the
+            process, insensitive to being descheduled on a shared machine; meaningful on CPU with one thread
+            only, since idle-spinning worker threads count too).
     """
     if min_rounds < 1 or max_rounds < min_rounds:
         raise ValueError(f"time_pair: need 1 <= min_rounds <= max_rounds, got {min_rounds} and {max_rounds}")
-    sync = _synchronizer(torch.device(device))
+    if clock not in CLOCKS:
+        raise ValueError(f"time_pair: clock must be one of {sorted(CLOCKS)}, got {clock!r}")
+    device = torch.device(device)
+    if clock == "cpu" and device.type != "cpu":
+        raise ValueError(f"time_pair: clock='cpu' measures host CPU time and cannot time device {device}; use 'wall'")
+    sync = _synchronizer(device)
+    timer = CLOCKS[clock]
     for _ in range(warmup):
         base_step()
         other_step()
-    probe = _time_steps(base_step, 1, sync) + _time_steps(other_step, 1, sync)
+    probe = _time_steps(base_step, 1, sync, timer) + _time_steps(other_step, 1, sync, timer)
     inner = max(1, math.ceil(min_interval_s / max(probe / 2, 1e-9)))
     rounds = min(max_rounds, max(min_rounds, math.ceil(budget_s / max(probe * inner, 1e-9))))
     base_times, other_times, ratios = [], [], []
     for r in range(rounds):
         if r % 2 == 0:
-            base = _time_steps(base_step, inner, sync)
-            other = _time_steps(other_step, inner, sync)
+            base = _time_steps(base_step, inner, sync, timer)
+            other = _time_steps(other_step, inner, sync, timer)
         else:
-            other = _time_steps(other_step, inner, sync)
-            base = _time_steps(base_step, inner, sync)
+            other = _time_steps(other_step, inner, sync, timer)
+            base = _time_steps(base_step, inner, sync, timer)
         base_times.append(base)
         other_times.append(other)
         ratios.append(other / base)
@@ -260,6 +273,7 @@ def benchmark_case(
     make_step = _training_step if case.train else _eval_step
     result = time_pair(make_step(base, x), make_step(noisy, x), device=device, **timing)
     return {
+        "clock": timing.get("clock", "wall"),
         "case": case.name,
         "mode": case.mode,
         "train": case.train,
@@ -299,7 +313,7 @@ def run_layer_benchmark(
         timing: forwarded to :func:`time_pair` (``min_rounds``, ``max_rounds``, ``budget_s``, ...).
 
     Returns:
-        One dict per (size, case): ``case, mode, train, batch, steps, hidden, input_size, layers, device,
+        One dict per (size, case): ``clock, case, mode, train, batch, steps, hidden, input_size, layers, device,
         dtype, threads, base_ms, noisy_ms, ratio, ratio_min, ratio_max, rounds, inner``; ``ratio`` is the
         median over rounds of noisy / fused step time.
     """

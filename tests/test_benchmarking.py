@@ -34,3 +34,5 @@ def test_grid_and_errors():
         benchmarking.run_layer_benchmark(grid=[], cases=["nope"])
     with pytest.raises(ValueError, match="min_rounds"):
         benchmarking.time_pair(lambda: None, lambda: None, min_rounds=0)
+    with pytest.raises(ValueError, match="clock"):
+        benchmarking.time_pair(lambda: None, lambda: None, clock="sundial")
