@@ -15,24 +15,24 @@ computed from :meth:`~nrnn_plugin.diffusion.Diffusion.mean_coefficients` (``runt
 Hessian of the loss w.r.t. ``y``: ``>= 0`` for a loss convex in ``y``); ``Q = E[g . d^2y/ds^2]`` is the part
 from the curvature of the recurrence (zero for a linear cell with unbiased noise).
 
-Estimators (each returns a scalar, differentiable w.r.t. the parameters; costs in forward passes ``F`` of the
-closure and backward passes through the result):
+Estimators. Each returns a 0-dim tensor, differentiable w.r.t. the parameters. Costs are counted in passes of
+the closure (``F`` = one forward) before the training backward, which then runs through every graph built:
 
-========  ==============================================================  =================================
-estimator value (per probe)                                               cost per call
-========  ==============================================================  =================================
-``fd``    ``(L(+eta) + L(-eta) - 2 L(0)) / (2 eta^2)`` on one replayed     ``2 probes + 1`` F (``2 probes``
-          draw; biased schemes add ``(L_mean(eta) - L_mean(-eta))/(2eta)``  when ``clean_loss`` is given),
-          (two more F). Works on any model and kernel.                   +2 F for biased schemes
-``jet``   ``L''(0) / 2`` by forward-over-forward AD in ``s``               ~3-4 F per probe (one pass that
-          (:func:`torch.func.jvp` nested), through the autograd kernel    carries two tangents) on the
-          (``use_kernel("reference")``): exact for the drawn path,        autograd kernel, +1 jvp for
-          unbiased for ``(R + Q) / 2``.                                   biased schemes
-``exact`` ``grad F(0) . mu + (tr(Hess F(0) Sigma) + mu^T Hess F(0) mu) / 2`` one F, then one Hessian-vector
-          with the exact mean ``mu`` and covariance ``Sigma`` of ``c``:   product per noise coordinate
-          deterministic, ``probes`` is ignored. Tiny models only (the     (``O(rows * H)`` double
-          test oracle); built-in schemes only.                            backwards)
-========  ==============================================================  =================================
+* ``fd``: ``(L(+eta) + L(-eta) - 2 L(0)) / (2 eta^2)`` with one draw recorded at ``+eta`` and replayed at
+  ``-eta`` and ``0`` (:func:`nrnn_plugin.noise.recording` / ``replaying``), averaged over ``probes``. Biased
+  schemes add ``(L_mean(eta) - L_mean(-eta)) / (2 eta)``. Works on any model and with the fast kernels. Cost:
+  ``2 probes + 1`` F (``2 probes`` when ``clean_loss`` is given), ``+2`` F for biased schemes; the backward
+  runs through each of them (a regularized step is about ``1 + 2 r`` plain steps, ``r`` = noisy/plain kernel
+  cost).
+* ``jet``: ``L''(0) / 2`` for each drawn path by double backward in the 0-dim probe scale ``s``
+  (:func:`nrnn_plugin.runtime.noise_scale` with a tensor), through the autograd kernel
+  (``use_kernel("reference")``); exact for the path, unbiased for ``(R + Q) / 2``. Biased schemes add
+  ``L_mean'(0)``. Cost per probe: one F on the autograd kernel and two backward passes through it (the
+  training backward then differentiates those): about 5-15 plain steps on CPU.
+* ``exact``: ``grad F(0) . mu + (tr(Hess F(0) Sigma) + mu^T Hess F(0) mu) / 2`` with the exact mean ``mu`` and
+  covariance ``Sigma = sum_k f_k f_k^T`` of the coefficients of the built-in schemes; deterministic,
+  ``probes`` is ignored. Cost: one F, then one Hessian-vector product per noise coordinate (``rows * H``
+  per state, vectorised in chunks of 256): tiny models only (the test oracle).
 
 ``fd`` with the default ``eta = 1`` probes at the configured noise level itself: then
 ``(L(1) + L(-1)) / 2 - L(0)`` is the antithetic estimate of ``E[L(1)] - L(0)`` (all even orders, exactly unbiased
@@ -45,7 +45,8 @@ refused).
 loss and ``output`` a tensor or a tuple/list/dict of tensors. The split between ``R`` and ``Q`` depends on where
 that boundary is drawn (THEORY.md puts it at the hidden states; with a linear read-out, logits are equivalent).
 ``fd`` computes ``R`` as a Jensen gap ``(l(y+) + l(y-) - 2 l((y+ + y-)/2)) / (2 eta^2)``, non-negative for
-convex ``l``; ``jet`` as ``u^T H u / 2`` by forward AD of ``loss_fn``. The first-order term of biased schemes is
+convex ``l``; ``jet`` as ``u^T H u / 2`` with ``u = dy/ds`` (double-backward trick) and a Hessian-vector
+product of the loss in ``y``. The first-order term of biased schemes is
 not part of ``R`` (it has either sign); ``terms="R+Q"`` includes it.
 
 Dropout. ``fd`` runs the closure several times; the global RNG (CPU and the model's CUDA devices) is restored
@@ -452,56 +453,69 @@ def _refuse_half(loss: Tensor) -> None:
 
 
 def _jet(model: nn.Module, closure: Closure, probes: int, terms: str) -> Tensor:
-    from torch.func import jvp
-
     from nrnn_plugin.layers import use_kernel
 
-    device = _devices(model)[0]
-    zero = torch.zeros((), device=device)
-    one = torch.ones((), device=device)
-    captured: dict[str, Any] = {}
-
-    def probe(scale: Tensor) -> Any:
-        with noise_scale(model, scale):
-            evaluation = _evaluate(closure)
-        if terms == "R":
-            output, captured["loss_fn"] = _needs_output(evaluation)
-            return output
-        return evaluation.loss
-
-    def slope(scale: Tensor) -> Any:
-        return jvp(probe, (scale,), (one,))[1]
-
+    create_graph = torch.is_grad_enabled()
+    # the scale's dtype is the gradients' accumulation dtype: at least float32, float64 for float64 models
+    reference = _zero(model)
+    dtype = torch.promote_types(reference.dtype, torch.float32)
+    device = reference.device
     total: Tensor | float = 0.0
-    with use_kernel("reference"), _forward_ad_hint():
+    with torch.enable_grad(), use_kernel("reference"), _double_backward_hint():
         for _ in range(probes):
+            scale = torch.zeros((), device=device, dtype=dtype, requires_grad=True)
+            with noise_scale(model, scale):
+                evaluation = _evaluate(closure)
             if terms == "R":
-                output, tangent = jvp(probe, (zero,), (one,))
-                total = total + _curvature(captured["loss_fn"], output, tangent)
+                output, _ = _needs_output(evaluation)
+                tangent = _output_tangent(output, scale)
+                total = total + _curvature(evaluation.loss, output, tangent, create_graph)
             else:
-                total = total + jvp(slope, (zero,), (one,))[1]
+                total = total + _second_derivative(evaluation.loss, scale, create_graph)
         value = total / (2.0 * probes)
         if terms == "R+Q" and _has_first_order_term(model):
-            with _mean_noise(model):
-                value = value + jvp(probe, (zero,), (one,))[1]
-    return value  # type: ignore[return-value]
+            scale = torch.zeros((), device=device, dtype=dtype, requires_grad=True)
+            with _mean_noise(model), noise_scale(model, scale):
+                mean_loss = _evaluate(closure).loss
+            (slope,) = torch.autograd.grad(mean_loss, scale, create_graph=create_graph, allow_unused=True)
+            if slope is not None:
+                value = value + slope
+    return value if create_graph else value.detach()  # type: ignore[union-attr]
 
 
-def _curvature(loss_fn: Callable[[Any], Tensor], output: Any, direction: Any) -> Tensor:
-    """``d^2/dt^2 loss_fn(output + t * direction)`` at ``t = 0`` by nested forward AD."""
-    from torch.func import jvp
+def _second_derivative(loss: Tensor, scale: Tensor, create_graph: bool) -> Tensor:
+    """``d^2 loss / d scale^2`` by double backward (``0`` where the loss does not depend on ``scale``)."""
+    (slope,) = torch.autograd.grad(loss, scale, create_graph=True, allow_unused=True)
+    if slope is None or not slope.requires_grad:
+        return loss.new_zeros(())
+    (curvature,) = torch.autograd.grad(slope, scale, create_graph=create_graph, allow_unused=True)
+    return loss.new_zeros(()) if curvature is None else curvature
 
-    reference = output if isinstance(output, Tensor) else next(iter(_leaves(output)))
-    zero = torch.zeros((), device=reference.device, dtype=reference.dtype)
-    one = torch.ones_like(zero)
 
-    def along(t: Tensor) -> Tensor:
-        return _check_scalar(loss_fn(_map(lambda y, u: y + t * u, output, direction)))
+def _output_tangent(output: Any, scale: Tensor) -> list[Tensor]:
+    """``d output / d scale`` (one tensor per output leaf) by the double-backward trick: ``v . dy/ds`` is linear
+    in a dummy cotangent ``v``; its gradient in ``v`` is the tangent."""
+    outputs = list(_leaves(output))
+    dummies = [torch.zeros_like(y, requires_grad=True) for y in outputs]
+    (pulled,) = torch.autograd.grad(outputs, scale, dummies, create_graph=True, allow_unused=True)
+    if pulled is None:
+        return [torch.zeros_like(y) for y in outputs]
+    tangents = torch.autograd.grad(pulled, dummies, create_graph=True, allow_unused=True)
+    return [torch.zeros_like(y) if t is None else t for y, t in zip(outputs, tangents)]
 
-    def slope(t: Tensor) -> Tensor:
-        return jvp(along, (t,), (one,))[1]
 
-    return jvp(slope, (zero,), (one,))[1]
+def _curvature(loss: Tensor, output: Any, tangents: Sequence[Tensor], create_graph: bool) -> Tensor:
+    """``u^T H u`` with ``H`` the Hessian of ``loss`` w.r.t. the output leaves (Hessian-vector product)."""
+    outputs = list(_leaves(output))
+    gradients = torch.autograd.grad(loss, outputs, create_graph=True, allow_unused=True)
+    pairs = [(g, y, u) for g, y, u in zip(gradients, outputs, tangents) if g is not None and g.requires_grad]
+    if not pairs:
+        return loss.new_zeros(())
+    curved = torch.autograd.grad(
+        [g for g, _, _ in pairs], [y for _, y, _ in pairs], [u for _, _, u in pairs],
+        create_graph=create_graph, allow_unused=True,
+    )
+    return _dot([c if c is not None else torch.zeros_like(u) for c, (_, _, u) in zip(curved, pairs)], [u for _, _, u in pairs])
 
 
 def _leaves(tree: Any) -> Iterator[Tensor]:
@@ -516,15 +530,15 @@ def _leaves(tree: Any) -> Iterator[Tensor]:
 
 
 @contextlib.contextmanager
-def _forward_ad_hint() -> Iterator[None]:
+def _double_backward_hint() -> Iterator[None]:
     try:
         yield
     except (RuntimeError, NotImplementedError) as exc:
         text = str(exc).lower()
-        if "forward" in text or "jvp" in text or "dual" in text:
+        if "double backward" in text or "twice" in text or "not implemented" in text:
             raise RuntimeError(
-                "explicit_regularizer: estimator 'jet' differentiates the closure with forward-mode AD "
-                f"(torch.func.jvp) and an operation does not support it ({exc}); use estimator='fd'"
+                "explicit_regularizer: estimator 'jet' differentiates the closure twice (double backward) and an "
+                f"operation does not support it ({exc}); use estimator='fd'"
             ) from exc
         raise
 
@@ -786,6 +800,7 @@ def benchmark(
     repeats: int = 10,
     warmup: int = 2,
     seed: int = 0,
+    device: str | torch.device = "cpu",
 ) -> list[dict[str, Any]]:
     """Time a regularized training step against a plain one, paired in this process; returns one row per case.
 
@@ -793,8 +808,8 @@ def benchmark(
     classes, SGD. The plain step is ``zero_grad``, forward, backward, ``step`` of the noise-free model (fused
     kernels); the regularized step is :func:`training_step` in mode ``"regularizer"`` with the case's
     estimator and probes. Each repeat times one plain and one regularized step back to back; ``ratio`` is the
-    median of the per-repeat ratios. Rows: ``cell, additive, multiplicative, estimator, probes, batch, steps,
-    hidden, plain_ms, regularized_ms, ratio, kernel``.
+    median of the per-repeat ratios (CUDA is synchronised around each step). Rows: ``cell, additive,
+    multiplicative, estimator, probes, batch, steps, hidden, device, plain_ms, regularized_ms, ratio, kernel``.
     """
     from nrnn_plugin.layers.recurrent import FUNCTION_KERNELS
     from nrnn_plugin.swap import register_noise
@@ -807,8 +822,8 @@ def benchmark(
         for additive, multiplicative in noises:
             for estimator, probes in cases:
                 torch.manual_seed(seed)
-                recurrent = classes[cell](input_size, hidden)
-                head = nn.Linear(hidden, 10)
+                recurrent = classes[cell](input_size, hidden).to(device)
+                head = nn.Linear(hidden, 10).to(device)
                 model = nn.Sequential()
                 model.add_module("rnn", recurrent)
                 model.add_module("head", head)
@@ -823,8 +838,9 @@ def benchmark(
                 )
                 register_noise(model, config)
                 model.train()
-                x = torch.randn(steps, batch, input_size)
-                y = torch.randint(0, 10, (batch,))
+                x = torch.randn(steps, batch, input_size, device=device)
+                y = torch.randint(0, 10, (batch,), device=device)
+                sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
                 optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
 
                 def closure() -> Tensor:
@@ -844,10 +860,13 @@ def benchmark(
                     regularized()
                 plain_times, reg_times, ratios = [], [], []
                 for _ in range(repeats):
+                    sync()
                     start = time.perf_counter()
                     plain()
+                    sync()
                     middle = time.perf_counter()
                     regularized()
+                    sync()
                     end = time.perf_counter()
                     plain_times.append(middle - start)
                     reg_times.append(end - middle)
@@ -866,6 +885,7 @@ def benchmark(
                         "batch": batch,
                         "steps": steps,
                         "hidden": hidden,
+                        "device": str(device),
                         "plain_ms": 1e3 * statistics.median(plain_times),
                         "regularized_ms": 1e3 * statistics.median(reg_times),
                         "ratio": statistics.median(ratios),
