@@ -243,7 +243,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     quiet_frameworks()
 
-    result = cli_bench.run_bench(quick=args.quick, tiny=args.tiny, out_dir=args.out, reporter=reporter)
+    result = cli_bench.run_bench(quick=args.quick, tiny=args.tiny, clock=args.clock, out_dir=args.out, reporter=reporter)
     print(result.table)
     for path in result.files:
         reporter.note(f"wrote {path}")
@@ -386,6 +386,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # smoke test for the test suite
     bench.add_argument("--out", default=None, help="also write every measurement as CSV into this folder")
     bench.add_argument("--threads", type=_positive_int, default=None, help="PyTorch CPU threads (default: PyTorch's)")
+    bench.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="wall time (default) or process CPU time (steadier on a busy machine; use with --threads 1)",
+    )
     bench.add_argument("--quiet", action="store_true", help="no progress lines")
 
     plugins = add(

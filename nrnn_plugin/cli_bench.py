@@ -48,7 +48,7 @@ DEFAULT = BenchSettings(
     ),
     layer_cases=None,
     layer_timing={"budget_s": 1.5},
-    regularizer={"repeats": 7},
+    regularizer={"budget_s": 1.5},
 )
 
 QUICK = BenchSettings(
@@ -60,7 +60,10 @@ QUICK = BenchSettings(
         "noises": ((0.05, 0.02),),
         "cases": (("fd", 1), ("jet", 1)),
         "steps": 48,
-        "repeats": 5,
+        "min_rounds": 5,
+        "max_rounds": 9,
+        "budget_s": 0.8,
+        "min_interval_s": 0.02,
     },
 )
 
@@ -77,7 +80,10 @@ TINY = BenchSettings(
         "steps": 6,
         "hidden": 8,
         "input_size": 4,
-        "repeats": 1,
+        "min_rounds": 1,
+        "max_rounds": 1,
+        "budget_s": 0.0,
+        "min_interval_s": 0.0,
         "warmup": 0,
     },
 )
@@ -106,9 +112,18 @@ def format_regularizer_table(rows: list[dict[str, Any]]) -> str:
 
 
 def run_bench(
-    *, quick: bool = False, tiny: bool = False, out_dir: str | Path | None = None, reporter: Any = None
+    *,
+    quick: bool = False,
+    tiny: bool = False,
+    clock: str = "wall",
+    out_dir: str | Path | None = None,
+    reporter: Any = None,
 ) -> BenchResult:
-    """Run both benchmarks; returns the rows and the printable tables (and writes CSVs into ``out_dir``)."""
+    """Run both benchmarks; returns the rows and the printable tables (and writes CSVs into ``out_dir``).
+
+    ``clock`` is ``"wall"`` or ``"cpu"`` (process CPU time: robust on a shared machine with one thread; see
+    :func:`nrnn_plugin.benchmarking.time_pair`).
+    """
     from nrnn_plugin.regularizer import benchmark as regularizer_benchmark
 
     settings = TINY if tiny else QUICK if quick else DEFAULT
@@ -125,12 +140,12 @@ def run_bench(
         grid=settings.layer_grid,
         cases=list(settings.layer_cases) if settings.layer_cases is not None else None,
         on_result=progress,
-        **settings.layer_timing,
+        **{**settings.layer_timing, "clock": clock},
     )
     regularizer_rows: list[dict[str, Any]] = []
     cells = settings.regularizer.get("cells", ("LSTM", "GRU", "RNN"))
     for cell in cells:  # one cell at a time, for progress lines
-        rows = regularizer_benchmark(**{**settings.regularizer, "cells": (cell,)})
+        rows = regularizer_benchmark(**{**settings.regularizer, "cells": (cell,), "clock": clock})
         regularizer_rows.extend(rows)
         if reporter is not None:
             reporter.progress(
@@ -139,7 +154,7 @@ def run_bench(
     elapsed = time.perf_counter() - started
     title = (
         f"nrnn bench{' --quick' if quick else ''}: cpu, torch {torch.__version__}, {torch.get_num_threads()} "
-        f"thread(s), {elapsed:.0f} s"
+        f"thread(s), {clock} clock, {elapsed:.0f} s"
     )
     table = "\n".join(
         [

@@ -327,6 +327,7 @@ def sunspot_datasets():
     return pipeline.build_datasets(prepared, split)
 
 
+@pytest.mark.filterwarnings("ignore:Attribute .* is an instance of `nn.Module`")
 def test_model_arguments_are_checked_against_the_class(sunspot_datasets):
     from nrnn_plugin import pipeline
     from nrnn_plugin.cli_config import ModelSpec
