@@ -9,7 +9,7 @@ with ``load_from_checkpoint`` and evaluated on every test window (52 weeks in, 1
 For the noisy models, hidden-state noise is also switched on at inference (``nrnn_plugin.inference``) to get
 Monte Carlo forecast bands; their empirical coverage on the test windows is reported.
 
-    .venv/bin/python examples/forecasting_co2.py                      # ~5-10 min on 2 CPU cores
+    .venv/bin/python examples/forecasting_co2.py                      # 12 trainings, ~15-20 min on 2 CPU cores
     .venv/bin/python examples/forecasting_co2.py --epochs 3 --seeds 1 # smoke run
 """
 

@@ -5,7 +5,7 @@ last 60 years are the test period (never trained on or selected on); the 30 year
 epoch. Four trainings of the same module with the same seeds: plain, noise injection with a cosine warm-up,
 the explicit regularizer alone (deterministic training with ``loss + weight * reg``), and both.
 
-    .venv/bin/python examples/lightning_sunspots.py              # ~2-4 min on 2 CPU cores
+    .venv/bin/python examples/lightning_sunspots.py              # 12 trainings, ~10-15 min on 2 CPU cores
     .venv/bin/python examples/lightning_sunspots.py --epochs 5 --seeds 1
 """
 
