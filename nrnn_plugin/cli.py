@@ -88,8 +88,8 @@ def set_threads(threads: int | None) -> None:
     """``torch.set_num_threads`` for this run (``None``: leave PyTorch's default).
 
     Small recurrent models are fastest on one thread: their matrix products are too small to split, and
-    OpenMP workers that spin while the machine is busy cost more than they give (measured: 4 demo epochs took
-    4 s on one thread and 40 s on two threads of a busy 2-core machine).
+    OpenMP workers that spin while the machine is busy cost more than they give (measured on a busy 2-core
+    machine: the two models of ``nrnn demo --quick`` trained in 8 s on one thread, 59 s on two).
     """
     if threads is not None:
         import torch
@@ -198,7 +198,7 @@ def cmd_robustness(args: argparse.Namespace) -> int:
 
     quiet_frameworks()
     report = pipeline.run_robustness_report(
-        checkpoint=args.checkpoint,
+        checkpoints=args.checkpoint,
         data_path=args.data,
         out_dir=args.out,
         perturbations=args.perturbations,
@@ -243,7 +243,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     quiet_frameworks()
 
-    result = cli_bench.run_bench(quick=args.quick, tiny=args.tiny, clock=args.clock, out_dir=args.out, reporter=reporter)
+    result = cli_bench.run_bench(
+        quick=args.quick, tiny=args.tiny, clock=args.clock, out_dir=args.out, reporter=reporter
+    )
     print(result.table)
     for path in result.files:
         reporter.note(f"wrote {path}")
@@ -305,7 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"nrnn-plugin {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    def add(name: str, handler: Callable[[argparse.Namespace], int], help_: str, description: str) -> argparse.ArgumentParser:
+    Handler = Callable[[argparse.Namespace], int]
+
+    def add(name: str, handler: Handler, help_: str, description: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=description)
         p.set_defaults(handler=handler)
         return p
@@ -355,12 +359,18 @@ def build_parser() -> argparse.ArgumentParser:
         "robustness",
         cmd_robustness,
         "robustness report of a trained checkpoint (table, CSV, PNG)",
-        "Evaluate a checkpoint written by 'nrnn train' on a data file with the same columns: the forecast error "
-        "on the held-out windows, clean and with perturbed encoder inputs, over a grid of strengths.",
+        "Evaluate checkpoints written by 'nrnn train' on a data file with the same columns: the forecast error "
+        "on the held-out windows, clean and with perturbed encoder inputs, over a grid of strengths. Several "
+        "--checkpoint options are compared in one table.",
     )
-    robust.add_argument("--checkpoint", required=True, help="model.ckpt written by 'nrnn train'")
+    robust.add_argument(
+        "--checkpoint",
+        required=True,
+        action="append",
+        help="model.ckpt written by 'nrnn train'; repeat to compare runs in one table (e.g. with and without noise)",
+    )
     robust.add_argument("--data", required=True, help="CSV or parquet file with the training columns")
-    robust.add_argument("--out", default=None, help="output folder (default: the checkpoint's folder)")
+    robust.add_argument("--out", default=None, help="output folder (default: the first checkpoint's folder)")
     robust.add_argument(
         "--perturbations", type=_name_list, default=None, help="comma-separated perturbation names (default: all)"
     )

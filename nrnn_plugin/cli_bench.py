@@ -99,7 +99,10 @@ class BenchResult:
 
 def format_regularizer_table(rows: list[dict[str, Any]]) -> str:
     """A Markdown table of :func:`nrnn_plugin.regularizer.benchmark` rows."""
-    header = ["cell", "additive", "multiplicative", "estimator", "probes", "B", "T", "H", "plain ms", "regularized ms", "ratio", "kernel"]
+    header = [
+        "cell", "additive", "multiplicative", "estimator", "probes", "B", "T", "H",
+        "plain ms", "regularized ms", "ratio", "kernel",
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [

@@ -203,7 +203,9 @@ class DataSpec:
             ),
             normalizer=_choice("data.normalizer", data.get("normalizer", "encoder"), NORMALIZERS),
             missing=_choice("data.missing", data.get("missing", "interpolate"), MISSING),
-            allow_missing_timesteps=_boolean("data.allow_missing_timesteps", data.get("allow_missing_timesteps", False)),
+            allow_missing_timesteps=_boolean(
+                "data.allow_missing_timesteps", data.get("allow_missing_timesteps", False)
+            ),
             validation=_split_size("data.validation", data.get("validation", 0.15), allow_zero=False),
             test=_split_size("data.test", data.get("test", 0.15), allow_zero=True),
         )
@@ -405,7 +407,8 @@ def load_run_config(path: str | os.PathLike[str]) -> RunConfig:
 
     file = Path(path)
     if not file.is_file():
-        raise InputError(f"config file not found: {str(file)!r}" + ("" if file.parent.is_dir() else " (no such folder)"))
+        folder = "" if file.parent.is_dir() else " (no such folder)"
+        raise InputError(f"config file not found: {str(file)!r}{folder}")
     try:
         data = yaml.load(file.read_text(), Loader=_SafeLoaderWithFloats)
     except yaml.YAMLError as exc:

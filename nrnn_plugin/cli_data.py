@@ -100,8 +100,9 @@ def _missing_columns(df: pd.DataFrame, spec: DataSpec, source: str) -> None:
 
 def _numeric(df: pd.DataFrame, column: str, role: str, source: str) -> pd.Series:
     values = df[column]
-    if pd.api.types.is_bool_dtype(values) or not (
-        pd.api.types.is_numeric_dtype(values) or pd.api.types.is_object_dtype(values) or pd.api.types.is_string_dtype(values)
+    types = pd.api.types
+    if types.is_bool_dtype(values) or not (
+        types.is_numeric_dtype(values) or types.is_object_dtype(values) or types.is_string_dtype(values)
     ):
         raise DataError(f"{source}: {role} column {column!r} must be numeric, got dtype {values.dtype}")
     converted = pd.to_numeric(values, errors="coerce")
@@ -154,7 +155,15 @@ def _time_steps(df: pd.DataFrame, spec: DataSpec, source: str, axis: TimeAxis | 
     return steps, TimeAxis("date", freq=freq, origin=str(origin))
 
 
-def _fill_missing(frame: pd.DataFrame, columns: Sequence[str], group_ids: Sequence[str], policy: str, source: str, notes: list[str]) -> pd.DataFrame:
+def _fill_missing(
+    frame: pd.DataFrame,
+    columns: Sequence[str],
+    group_ids: Sequence[str],
+    policy: str,
+    source: str,
+    notes: list[str],
+) -> pd.DataFrame:
+    """Apply ``data.missing`` to the numeric columns: interpolate within each series, drop rows, or refuse."""
     counts = {c: int(frame[c].isna().sum()) for c in columns}
     counts = {c: n for c, n in counts.items() if n}
     if not counts:
@@ -203,7 +212,8 @@ def prepare_frame(
         group_ids = (SERIES_COLUMN,)
     for column in group_ids + spec.known_categoricals + spec.static_categoricals:
         if frame[column].isna().any():
-            raise DataError(f"{source}: categorical column {column!r} has {int(frame[column].isna().sum())} missing value(s)")
+            count = int(frame[column].isna().sum())
+            raise DataError(f"{source}: categorical column {column!r} has {count} missing value(s)")
         frame[column] = frame[column].astype(str)
     frame[spec.target] = _numeric(frame, spec.target, "target", source)
     reals = spec.known_reals + spec.unknown_reals + spec.static_reals

@@ -127,7 +127,7 @@ def run_demo(
     """Train, evaluate and compare; write CSV and PNG into ``out_dir``. ``seed`` offsets the training seeds."""
     from nrnn_plugin.robustness import plot_robustness
 
-    reporter = reporter or pipeline._Silent()
+    reporter = reporter or pipeline.NullReporter()
     if dataset not in SETTINGS:
         raise ValueError(f"run_demo: dataset must be one of {DATASETS}, got {dataset!r}")
     settings = SETTINGS[dataset][1 if quick else 0]
@@ -181,7 +181,8 @@ def run_demo(
             models[name] = trained.model
         started = time.perf_counter()
         scores = pipeline.evaluate_robustness(models, datasets.test, settings.grid, seeds=settings.perturbation_seeds)
-        reporter.progress(f"evaluated seed {train_seed} on {len(datasets.test)} test windows ({time.perf_counter() - started:.1f}s)")
+        seconds = time.perf_counter() - started
+        reporter.progress(f"evaluated seed {train_seed} on {len(datasets.test)} test windows ({seconds:.1f}s)")
         scores.insert(1, "train_seed", train_seed)
         frames.append(scores)
 
@@ -223,9 +224,8 @@ def _report(
     for perturbation, strengths in settings.grid.items():
         top = max(strengths)
         if top > 0:
-            strongest.append(
-                (perturbation, top, 100.0 * (means[(noisy, perturbation, top)] / means[(plain, perturbation, top)] - 1.0))
-            )
+            change = 100.0 * (means[(noisy, perturbation, top)] / means[(plain, perturbation, top)] - 1.0)
+            strongest.append((perturbation, top, change))
     lines = [
         f"nrnn demo: {dataset}, test windows; MAE in the target's units (lower is better), mean ± std over "
         f"{len(seeds)} training seed(s) x {len(settings.perturbation_seeds)} perturbation seed(s)",

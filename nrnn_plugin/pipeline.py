@@ -40,6 +40,7 @@ from nrnn_plugin.config import NoiseConfig
 
 __all__ = [
     "Reporter",
+    "NullReporter",
     "Datasets",
     "TrainedModel",
     "TrainingResult",
@@ -50,6 +51,7 @@ __all__ = [
     "run_training",
     "load_run",
     "evaluate_robustness",
+    "evaluation_windows",
     "run_robustness_report",
     "format_training_summary",
     "format_robustness_table",
@@ -74,12 +76,17 @@ _DATASET_DERIVED = frozenset(
 
 
 class Reporter(Protocol):
+    """Where progress goes: ``progress`` for routine lines (a quiet CLI drops them), ``note`` for facts the
+    user should see (data fixes, left-out series)."""
+
     def progress(self, message: str) -> None: ...
 
     def note(self, message: str) -> None: ...
 
 
-class _Silent:
+class NullReporter:
+    """A reporter that says nothing (the default of every function here)."""
+
     def progress(self, message: str) -> None:
         pass
 
@@ -87,11 +94,20 @@ class _Silent:
         pass
 
 
+def noise_label(noise: NoiseConfig | Mapping[str, Any] | None) -> str:
+    """``" + noise"``, ``" + regularizer"`` or ``""``: how a model name is suffixed in tables and progress."""
+    if isinstance(noise, Mapping):
+        noise = NoiseConfig.from_dict(noise)
+    if noise is None or not noise.has_noise:
+        return ""
+    return " + noise" if noise.injects_in_training else " + regularizer"
+
+
 # ---------------------------------------------------------------------------------------------- datasets
 
 
 def _target_normalizer(kind: str) -> Any:
-    from pytorch_forecasting.data.encoders import EncoderNormalizer, GroupNormalizer, TorchNormalizer
+    from pytorch_forecasting.data.encoders import EncoderNormalizer, TorchNormalizer
 
     if kind == "encoder":
         return EncoderNormalizer()
@@ -133,11 +149,11 @@ def build_datasets(prepared: PreparedData, split: Split, *, source: str = "data"
             training, frame[frame[spec.time] < split.test_start], min_prediction_idx=split.val_start,
             stop_randomization=True,
         )
-        test = (
-            TimeSeriesDataSet.from_dataset(training, frame, min_prediction_idx=split.test_start, stop_randomization=True)
-            if split.has_test
-            else None
-        )
+        test = None
+        if split.has_test:
+            test = TimeSeriesDataSet.from_dataset(
+                training, frame, min_prediction_idx=split.test_start, stop_randomization=True
+            )
     except (ValueError, KeyError, AssertionError, TypeError) as exc:
         raise DataError(f"{source}: pytorch-forecasting could not build the data set: {_first_line(exc)}") from None
     return Datasets(training=training, validation=validation, test=test, split=split)
@@ -223,10 +239,15 @@ def allowed_model_arguments(cls: type) -> list[str]:
 def _loss(name: str) -> Any:
     import pytorch_forecasting.metrics as metrics
 
+    abstract = ("Metric", "MultiLoss", "MultiHorizonMetric", "DistributionLoss", "MultivariateDistributionLoss")
     choices = sorted(
-        n for n in dir(metrics)
-        if not n.startswith("_") and not n.endswith("_pkg") and isinstance(getattr(metrics, n), type)
-        and issubclass(getattr(metrics, n), metrics.Metric) and n not in ("Metric", "MultiLoss", "MultiHorizonMetric", "DistributionLoss", "MultivariateDistributionLoss")
+        n
+        for n in dir(metrics)
+        if not n.startswith("_")
+        and not n.endswith("_pkg")
+        and isinstance(getattr(metrics, n), type)
+        and issubclass(getattr(metrics, n), metrics.Metric)
+        and n not in abstract
     )
     if name not in choices:
         raise ConfigError(f"model.loss: expected one of {choices}, got {name!r}")
@@ -242,13 +263,17 @@ def build_model(spec: ModelSpec, training: TimeSeriesDataSet) -> pl.LightningMod
     if unknown:
         derived = sorted(set(unknown) & _DATASET_DERIVED)
         hint = f" ({derived} come from the data section)" if derived else ""
-        raise ConfigError(f"section 'model': unknown key(s) {unknown} for {spec.name}{hint}; allowed keys are {allowed}")
+        raise ConfigError(
+            f"section 'model': unknown key(s) {unknown} for {spec.name}{hint}; allowed keys are {allowed}"
+        )
     if "loss" in kwargs:
         kwargs["loss"] = _loss(kwargs["loss"])
     try:
         return cls.from_dataset(training, **kwargs)
     except (TypeError, ValueError, AssertionError, KeyError) as exc:
-        raise ConfigError(f"model: {spec.name}.from_dataset rejected the arguments {spec.to_dict()}: {_first_line(exc)}") from None
+        raise ConfigError(
+            f"model: {spec.name}.from_dataset rejected the arguments {spec.to_dict()}: {_first_line(exc)}"
+        ) from None
 
 
 # ---------------------------------------------------------------------------------------------- training
@@ -269,7 +294,8 @@ class ProgressCallback(pl.Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         metrics = trainer.callback_metrics
         parts = [f"{self.label}: epoch {trainer.current_epoch + 1:>{len(str(self.max_epochs))}}/{self.max_epochs}"]
-        for key, label in (("train_loss_epoch", "train_loss"), ("val_loss", "val_loss"), ("train_nrnn_reg_epoch", "reg")):
+        shown = (("train_loss_epoch", "train_loss"), ("val_loss", "val_loss"), ("train_nrnn_reg_epoch", "reg"))
+        for key, label in shown:
             if key in metrics:
                 parts.append(f"{label} {float(metrics[key]):.4f}")
         if "train_nrnn_noise_level" in metrics and float(metrics["train_nrnn_noise_level"]) != 1.0:
@@ -307,7 +333,7 @@ def fit_model(
 
     from nrnn_plugin.lightning import NoisyRNNCallback
 
-    reporter = reporter or _Silent()
+    reporter = reporter or NullReporter()
     pl.seed_everything(trainer_spec.seed, verbose=False)
     callbacks: list[pl.Callback] = [ProgressCallback(label, reporter, trainer_spec.max_epochs)]
     if noise is not None and noise.has_noise:
@@ -407,7 +433,7 @@ def run_training(
     """
     import yaml
 
-    reporter = reporter or _Silent()
+    reporter = reporter or NullReporter()
     trainer_spec = replace(config.trainer, **dict(trainer_overrides or {}))
     config = replace(config, trainer=trainer_spec)
     if out_dir is not None:
@@ -428,8 +454,7 @@ def run_training(
     )
     pl.seed_everything(trainer_spec.seed, verbose=False)
     model = build_model(config.model, datasets.training)
-    noisy = config.noise is not None and config.noise.has_noise
-    label = f"{config.model.name}{' + noise' if noisy else ''}"
+    label = config.model.name + noise_label(config.noise)
     out = Path(config.output.dir)
     trained = fit_model(model, datasets, trainer_spec, config.noise, out_dir=out, label=label, reporter=reporter)
     if trained.checkpoint is None:
@@ -468,11 +493,14 @@ def run_training(
 
 
 def format_training_summary(result: TrainingResult) -> str:
+    """What ``nrnn train`` prints on stdout: model, budget, windows, artifacts and the next command."""
     noise = result.config.noise
+    mode = f"Noisy RNN training: {_noise_text(noise)}" if noise is not None and noise.has_noise else "plain training"
+    trained = result.trained
     lines = [
-        f"model        {result.config.model.name} ({'Noisy RNN training: ' + _noise_text(noise) if noise is not None and noise.has_noise else 'plain training'})",
-        f"epochs       {result.trained.epochs} in {result.trained.seconds:.1f}s; best val_loss {result.trained.best_val_loss:.4f}",
-        f"windows      " + ", ".join(f"{k} {v}" for k, v in result.windows.items()),
+        f"model        {result.config.model.name} ({mode})",
+        f"epochs       {trained.epochs} in {trained.seconds:.1f}s; best val_loss {trained.best_val_loss:.4f}",
+        "windows      " + ", ".join(f"{k} {v}" for k, v in result.windows.items()),
         f"checkpoint   {result.checkpoint}  (loads with {result.config.model.name}.load_from_checkpoint)",
         f"sidecar      {result.sidecar}",
         f"next         nrnn robustness --checkpoint {result.checkpoint} --data {result.config.data.path}",
@@ -513,7 +541,10 @@ def load_run(checkpoint: str | Path) -> LoadedRun:
     if not isinstance(sidecar, dict) or sidecar.get("format") != SIDECAR_FORMAT:
         raise InputError(f"{str(sidecar_path)!r} is not an nrnn-plugin run sidecar")
     if sidecar.get("version") != SIDECAR_VERSION:
-        raise InputError(f"{str(sidecar_path)!r}: sidecar version {sidecar.get('version')} is not supported (expected {SIDECAR_VERSION})")
+        raise InputError(
+            f"{str(sidecar_path)!r}: sidecar version {sidecar.get('version')} is not supported "
+            f"(expected {SIDECAR_VERSION})"
+        )
     cls = model_class(sidecar["model_class"])
     try:
         model = cls.load_from_checkpoint(str(ckpt), map_location="cpu")
@@ -608,7 +639,10 @@ def format_robustness_table(results: pd.DataFrame, metric: str = "mae") -> str:
                 row.append(f"{100.0 * (means[1] - means[0]) / means[0]:+.1f}%" if means[0] else "")
             rows.append(row)
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
-    lines = ["  ".join(str(c).rjust(w) if i > 1 else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in [header] + rows]
+    lines = [
+        "  ".join(str(c).rjust(w) if i > 1 else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
+        for r in [header] + rows
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(line.rstrip() for line in lines)
 
@@ -620,32 +654,10 @@ class RobustnessReport:
     files: list[Path]
 
 
-def run_robustness_report(
-    *,
-    checkpoint: str,
-    data_path: str,
-    out_dir: str | None = None,
-    perturbations: Sequence[str] | None = None,
-    strengths: Sequence[float] | None = None,
-    seeds: int = 3,
-    windows: str = "test",
-    reporter: Reporter | None = None,
-) -> RobustnessReport:
-    """``nrnn robustness``: load the vanilla model and sidecar, window the data, evaluate, write CSV and PNG."""
-    from nrnn_plugin.robustness import plot_robustness
-
-    reporter = reporter or _Silent()
-    grid = robustness_grid(perturbations, strengths)  # check the names before the slow part
-    run = load_run(checkpoint)
-    if run.sidecar["model_class"] in UNSUPPORTED_FOR_ROBUSTNESS:
-        raise InputError(
-            f"robustness reports for {run.sidecar['model_class']} are not supported yet: "
-            f"{UNSUPPORTED_FOR_ROBUSTNESS[run.sidecar['model_class']]}"
-        )
+def evaluation_windows(run: LoadedRun, data_path: str | Path, *, windows: str = "test") -> TimeSeriesDataSet:
+    """The windows of ``data_path`` to evaluate ``run`` on: its held-out test windows (``"test"``) or all."""
     source = Path(data_path).name
     prepared = prepare_frame(read_table(data_path), run.spec, source=source, time_axis=run.time_axis)
-    for note in prepared.notes:
-        reporter.note(f"{source}: {note}")
     split = run.sidecar["split"]
     frame = prepared.frame
     update: dict[str, Any] = {}
@@ -664,24 +676,79 @@ def run_robustness_report(
         raise DataError(f"{source}: could not build evaluation windows: {_first_line(exc)}") from None
     if len(dataset) == 0:
         raise DataError(f"{source}: no evaluation windows")
-    label = run.sidecar["model_class"] + (" + noise" if run.sidecar.get("noise") and NoiseConfig.from_dict(run.sidecar["noise"]).has_noise else "")
-    reporter.progress(
-        f"evaluating {label} on {len(dataset)} {windows} windows of {source}: "
-        + ", ".join(f"{k} {list(v)}" for k, v in grid.items())
-        + f", {seeds} seed(s)"
-    )
-    results = evaluate_robustness({label: run.model}, dataset, grid, seeds=list(range(seeds)))
-    out = Path(out_dir) if out_dir is not None else Path(checkpoint).parent
+    return dataset
+
+
+def _labels(checkpoints: Sequence[str | Path], runs: Sequence[LoadedRun]) -> list[str]:
+    """``RecurrentNetwork + noise``; the checkpoint's folder is added when two runs would share a label."""
+    base = [run.sidecar["model_class"] + noise_label(run.sidecar.get("noise")) for run in runs]
+    if len(set(base)) == len(base):
+        return base
+    labels = [f"{label} ({Path(ckpt).resolve().parent.name})" for label, ckpt in zip(base, checkpoints)]
+    if len(set(labels)) != len(labels):
+        labels = [f"{label} ({ckpt})" for label, ckpt in zip(base, checkpoints)]
+    return labels
+
+
+def run_robustness_report(
+    *,
+    checkpoints: Sequence[str | Path],
+    data_path: str,
+    out_dir: str | None = None,
+    perturbations: Sequence[str] | None = None,
+    strengths: Sequence[float] | None = None,
+    seeds: int = 3,
+    windows: str = "test",
+    reporter: Reporter | None = None,
+) -> RobustnessReport:
+    """``nrnn robustness``: load each vanilla model and its sidecar, window the data, evaluate, write CSV and PNG.
+
+    Several checkpoints (e.g. the same run file trained with and without ``noise:``) are compared in one table;
+    every model sees the same perturbation draws when their windows are the same (same data and split).
+    """
+    from nrnn_plugin.robustness import plot_robustness
+
+    reporter = reporter or NullReporter()
+    if not checkpoints:
+        raise InputError("--checkpoint: at least one checkpoint is needed")
+    grid = robustness_grid(perturbations, strengths)  # check the names before the slow part
+    runs = []
+    for checkpoint in checkpoints:
+        run = load_run(checkpoint)
+        if run.sidecar["model_class"] in UNSUPPORTED_FOR_ROBUSTNESS:
+            raise InputError(
+                f"{checkpoint}: robustness reports for {run.sidecar['model_class']} are not supported yet: "
+                f"{UNSUPPORTED_FOR_ROBUSTNESS[run.sidecar['model_class']]}"
+            )
+        runs.append(run)
+    labels = _labels(checkpoints, runs)
+    source = Path(data_path).name
+    frames, counts = [], set()
+    for label, run in zip(labels, runs):
+        dataset = evaluation_windows(run, data_path, windows=windows)
+        counts.add(len(dataset))
+        reporter.progress(
+            f"evaluating {label} on {len(dataset)} {windows} windows of {source}: "
+            + ", ".join(f"{k} {list(v)}" for k, v in grid.items())
+            + f", {seeds} seed(s)"
+        )
+        frames.append(evaluate_robustness({label: run.model}, dataset, grid, seeds=list(range(seeds))))
+    if len(counts) > 1:
+        reporter.note(f"the runs have different evaluation windows ({sorted(counts)}): compare with care")
+    results = pd.concat(frames, ignore_index=True)
+    out = Path(out_dir) if out_dir is not None else Path(checkpoints[0]).parent
     out.mkdir(parents=True, exist_ok=True)
     csv_path = out / "robustness.csv"
     png_path = out / "robustness.png"
     results.to_csv(csv_path, index=False)
+    names = " vs ".join(labels)
     plot_robustness(
         results[results["metric"] == "mae"], png_path, metric="mae", ncols=min(len(grid), 5),
-        title=f"{label}: MAE under perturbed encoder inputs ({source})",
+        title=f"{names}: MAE under perturbed encoder inputs ({source})",
     )
+    window_text = "/".join(str(c) for c in sorted(counts))
     title = (
-        f"{label} on {len(dataset)} {windows} windows of {source}: MAE in the target's units, perturbed "
+        f"{names} on {window_text} {windows} windows of {source}: MAE in the target's units, perturbed "
         f"(normalised) encoder inputs, mean ± std over {seeds} perturbation seed(s)"
     )
     table = title + "\n\n" + format_robustness_table(results)

@@ -211,44 +211,59 @@ def test_too_short_series_gives_the_minimum_length(tmp_path, sunspots_csv):
 # ---------------------------------------------------------------------------------------------- train -> robustness
 
 
-def test_train_then_robustness_on_real_data(tmp_path, sunspots_csv):
-    out = tmp_path / "run"
-    run = write_run(tmp_path / "run.yaml", SMALL_RUN.format(data=sunspots_csv, out=out))
+def test_train_with_and_without_noise_then_compare_robustness(tmp_path, sunspots_csv):
+    """The user's workflow: one run file trained with a noise section and without it, then one report."""
+    noisy, plain = tmp_path / "noisy", tmp_path / "plain"
+    run = write_run(tmp_path / "run.yaml", SMALL_RUN.format(data=sunspots_csv, out=noisy))
     result = nrnn("train", "--config", str(run))
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     assert "Noisy RNN training: additive=0.1, multiplicative=0.05" in result.stdout
-    assert "epoch 2/2" in result.stderr and "val_loss" in result.stderr
+    assert "RecurrentNetwork + noise: epoch 2/2" in result.stderr and "val_loss" in result.stderr
     assert "GPU available" not in result.stderr  # Lightning's banners are silenced
     for name in ("model.ckpt", "model.nrnn.pt", "run.yaml"):
-        assert (out / name).is_file(), name
+        assert (noisy / name).is_file(), name
+
+    text = SMALL_RUN.format(data=sunspots_csv, out=plain)
+    run = write_run(tmp_path / "plain.yaml", text[: text.index("noise:")] + text[text.index("output:") :])
+    result = nrnn("train", "--config", str(run), "--max-epochs", "1")
+    assert result.returncode == 0, result.stderr
+    assert "(plain training)" in result.stdout and "RecurrentNetwork: epoch 1/1" in result.stderr
 
     result = nrnn(
-        "robustness", "--checkpoint", str(out / "model.ckpt"), "--data", str(sunspots_csv),
-        "--perturbations", "white_noise,fgsm", "--strengths", "0.2", "--seeds", "2",
+        "robustness", "--checkpoint", str(noisy / "model.ckpt"), "--checkpoint", str(plain / "model.ckpt"),
+        "--data", str(sunspots_csv), "--perturbations", "white_noise,fgsm", "--strengths", "0.2", "--seeds", "2",
+        "--out", str(tmp_path / "report"),
     )
     assert result.returncode == 0, result.stderr
     table = result.stdout.splitlines()
-    assert table[0].startswith("RecurrentNetwork + noise on 27 test windows of sunspots.csv: MAE")
-    assert table[2].split()[:2] == ["perturbation", "strength"]
+    assert table[0].startswith(
+        "RecurrentNetwork + noise vs RecurrentNetwork on 27 test windows of sunspots.csv: MAE"
+    )
+    assert table[2].split() == ["perturbation", "strength", "RecurrentNetwork", "+", "noise", "MAE",
+                                "RecurrentNetwork", "MAE", "change"]
     assert [line.split()[0] for line in table[4:]] == ["clean", "white_noise", "fgsm"]
 
     import pandas as pd
 
-    results = pd.read_csv(out / "robustness.csv")
+    results = pd.read_csv(tmp_path / "report" / "robustness.csv")
     assert list(results.columns) == ["model", "perturbation", "strength", "metric", "value", "seed"]
+    assert set(results["model"]) == {"RecurrentNetwork + noise", "RecurrentNetwork"}
     assert set(results["perturbation"]) == {"white_noise", "fgsm"}
     assert set(results["seed"]) == {0, 1}
-    clean = results[(results.strength == 0) & (results.metric == "mae")]["value"]
-    assert clean.nunique() == 1 and clean.iloc[0] > 0
-    assert (out / "robustness.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    clean = results[(results.strength == 0) & (results.metric == "mae")].groupby("model")["value"]
+    assert (clean.nunique() == 1).all() and (clean.first() > 0).all()
+    assert clean.first()["RecurrentNetwork"] != clean.first()["RecurrentNetwork + noise"]
+    assert (tmp_path / "report" / "robustness.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    # The checkpoint is a plain pytorch-forecasting checkpoint: no trace of the noise in it.
+    # The checkpoint is a plain pytorch-forecasting checkpoint (robustness loaded it with
+    # RecurrentNetwork.load_from_checkpoint): no trace of the noise in its weights or hyper-parameters.
     import torch
 
-    checkpoint = torch.load(out / "model.ckpt", map_location="cpu", weights_only=False)
-    assert not any("nrnn" in key for key in checkpoint["state_dict"])
-    assert not any("nrnn" in str(key).lower() for key in checkpoint["hyper_parameters"])
+    checkpoint = torch.load(noisy / "model.ckpt", map_location="cpu", weights_only=False)
+    plain_checkpoint = torch.load(plain / "model.ckpt", map_location="cpu", weights_only=False)
+    assert list(checkpoint["state_dict"]) == list(plain_checkpoint["state_dict"])
+    assert set(checkpoint["hyper_parameters"]) == set(plain_checkpoint["hyper_parameters"])
 
 
 # ---------------------------------------------------------------------------------------------- demo, bench
