@@ -179,7 +179,7 @@ class NoisyRNNCallback(pl.Callback):
             return
         for name, module in noisy_modules(self._module):
             if name in states:
-                module._nrnn_runtime.source.load_state_dict(dict(states[name]))
+                module._nrnn_runtime.source.load_state_dict(_usable_generators(name, states[name]))
 
     def _apply_pending(self) -> None:
         if self._pending is None:
@@ -326,6 +326,20 @@ def _batch_size(batch: Any) -> int:
     """Size of the first dimension of the first tensor found in ``batch`` (1 if there is none)."""
     tensor = _first_tensor(batch)
     return 1 if tensor is None else int(tensor.shape[0])
+
+
+def _usable_generators(name: str, state: Mapping[str, Any]) -> dict[str, Any]:
+    """``state`` without the generator states of devices this process cannot use (a GPU run resumed on CPU)."""
+    generators = dict(state.get("generators", {}))
+    unusable = [key for key in generators if torch.device(key).type == "cuda" and not torch.cuda.is_available()]
+    if unusable:
+        warnings.warn(
+            f"NoisyRNNCallback: the noise streams of module {name!r} on {unusable} cannot be restored here (no such "
+            "device); they start fresh from the seed",
+            UserWarning,
+            stacklevel=3,
+        )
+    return {**state, "generators": {k: v for k, v in generators.items() if k not in unusable}}
 
 
 def _all_gather(obj: Any) -> list[Any]:

@@ -417,3 +417,20 @@ def test_callback_declared_in_lightning_cli_yaml(tmp_path, monkeypatch):
     # the same YAML, switched off by the environment (use_env: true)
     _, off = _run_cli(tmp_path, monkeypatch, {"NRNN_ENABLED": "0"})
     assert not off.active and off.state_dict() == {}
+
+
+def test_streams_of_an_unavailable_device_restart_with_a_warning(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA")
+    _, trainer = _fit(tmp_path, NoisyRNNCallback(CONFIG), max_epochs=1)
+    state = trainer.callbacks[0].state_dict()
+    cpu_state = state["sources"][0]["lstm"]["generators"]["cpu"]
+    state["sources"][0]["lstm"]["generators"]["cuda:0"] = torch.zeros(16, dtype=torch.uint8)  # saved on a GPU
+    callback = NoisyRNNCallback(CONFIG)
+    model = TinyForecaster()
+    callback.setup(trainer, model, "fit")
+    with pytest.warns(UserWarning, match=r"\['cuda:0'\] cannot be restored"):
+        callback.load_state_dict(state)
+    restored = model.lstm._nrnn_runtime.source.state_dict()["generators"]
+    assert list(restored) == ["cpu"] and torch.equal(restored["cpu"], cpu_state)
+    callback.teardown(trainer, model, "fit")
