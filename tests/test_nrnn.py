@@ -493,3 +493,21 @@ def test_coefficients_that_require_grad_fall_back_to_autograd():
     out, _ = model.train()(torch.randn(T, B, I, dtype=DTYPE, generator=_gen()))
     (grad,) = torch.autograd.grad(out.sum(), scale)
     assert grad.abs() > 0
+
+
+def test_public_name_and_explicit_regularizer_estimators_agree_on_nrnn():
+    """The NRNN works with the core's regularizer: the jet estimate (64 probes) is near the exact oracle."""
+    assert nrnn.NRNN is NRNN
+    model = nrnn.register_noise(
+        _layer(learn_dt=True, batch_first=True), nrnn.NoiseConfig(additive=0.1, multiplicative=0.1, seed=0)
+    )
+    x = torch.randn(B, T, I, dtype=DTYPE, generator=_gen())
+
+    def closure():
+        _, h = model(x)
+        return (h**2).sum().sin()
+
+    exact = nrnn.explicit_regularizer(model, closure, estimator="exact")
+    jet = nrnn.explicit_regularizer(model, closure, estimator="jet", probes=64)
+    assert exact.abs() > 1e-3
+    assert abs(jet.item() - exact.item()) < 0.1 * abs(exact.item())
