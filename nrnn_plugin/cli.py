@@ -18,6 +18,7 @@ anything unexpected prints one line too, with exit status 1 (``NRNN_DEBUG=1`` sh
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -172,6 +173,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     reporter = Reporter(quiet=args.quiet)
     config = load_run_config(args.config)  # the run file and the data are checked before the slow imports
+    if args.no_noise:
+        config = dataclasses.replace(config, noise=None)
     from nrnn_plugin import cli_data
 
     config, prepared, split = cli_data.load_training_data(config, args.data)
@@ -349,6 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data", default=None, help="data file; overrides data.path")
     train.add_argument("--out", default=None, help="output folder; overrides output.dir")
     train.add_argument("--max-epochs", type=_positive_int, default=None, help="overrides trainer.max_epochs")
+    train.add_argument(
+        "--no-noise", action="store_true", help="ignore the noise section: the plain baseline of the same run file"
+    )
     train.add_argument(
         "--threads", type=_positive_int, default=None, help="PyTorch CPU threads (default: PyTorch's; 1 is often "
         "fastest for small recurrent models)"

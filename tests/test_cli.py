@@ -224,9 +224,7 @@ def test_train_with_and_without_noise_then_compare_robustness(tmp_path, sunspots
     for name in ("model.ckpt", "model.nrnn.pt", "run.yaml"):
         assert (noisy / name).is_file(), name
 
-    text = SMALL_RUN.format(data=sunspots_csv, out=plain)
-    run = write_run(tmp_path / "plain.yaml", text[: text.index("noise:")] + text[text.index("output:") :])
-    result = nrnn("train", "--config", str(run), "--max-epochs", "1")
+    result = nrnn("train", "--config", str(run), "--no-noise", "--out", str(plain), "--max-epochs", "1")
     assert result.returncode == 0, result.stderr
     assert "(plain training)" in result.stdout and "RecurrentNetwork: epoch 1/1" in result.stderr
 
