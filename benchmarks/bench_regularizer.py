@@ -33,7 +33,8 @@ from nrnn_plugin.regularizer import benchmark, explicit_regularizer
 RESULTS = Path(__file__).resolve().parent / "results"
 BATCHES = 8  # jet/fd estimates of the Monte Carlo table: mean and standard error over this many calls
 
-SPEED_COLUMNS = ["cell", "additive", "multiplicative", "estimator", "probes", "kernel", "plain_ms", "regularized_ms", "ratio"]
+SPEED_COLUMNS = ["cell", "additive", "multiplicative", "estimator", "probes", "kernel", "plain_ms", "regularized_ms", "ratio",
+                 "ratio_min", "ratio_max", "batch", "steps", "hidden", "device", "clock"]
 
 # (name, cell, loss, (additive, multiplicative) per unit of level, scheme, dt, levels)
 MC_CASES = [
@@ -98,12 +99,12 @@ def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
 
 
 def speed_markdown(rows: list[dict], header: str) -> str:
-    lines = [header, "", "| cell | noise (add, mult) | estimator | probes | probe kernel | plain ms | regularized ms | ratio |",
+    lines = [header, "", "| cell | noise (add, mult) | estimator | probes | probe kernel | plain ms | regularized ms | ratio (min-max) |",
              "|---|---|---|---:|---|---:|---:|---:|"]
     for r in rows:
         lines.append(
             f"| {r['cell']} | {r['additive']}, {r['multiplicative']} | {r['estimator']} | {r['probes']} | {r['kernel']} "
-            f"| {r['plain_ms']:.1f} | {r['regularized_ms']:.1f} | {r['ratio']:.2f}x |"
+            f"| {r['plain_ms']:.1f} | {r['regularized_ms']:.1f} | {r['ratio']:.2f}x ({r['ratio_min']:.2f}-{r['ratio_max']:.2f}) |"
         )
     return "\n".join(lines) + "\n"
 
@@ -125,7 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fd with 1 probe on LSTM and GRU, few repeats")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads for this run")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
-    parser.add_argument("--repeats", type=int, default=10, help="timed pairs per case (default 10)")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="wall time, or process CPU time (robust on a shared machine; use with --threads 1)")
+    parser.add_argument("--budget", type=float, default=6.0, help="seconds of timing per case (default 6)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS, help=f"where result files go (default {RESULTS})")
     parser.add_argument("--skip-speed", action="store_true", help="do not run the speed benchmark")
     parser.add_argument("--monte-carlo", action="store_true", help="also write the Monte Carlo agreement table")
@@ -140,16 +143,17 @@ def main(argv: list[str] | None = None) -> int:
     machine = f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
     if not args.skip_speed:
+        timing = {"clock": args.clock, "budget_s": 1.5 if args.quick else args.budget, "min_rounds": 3 if args.quick else 5}
         if args.quick:
-            rows = benchmark(cells=("LSTM", "GRU"), cases=(("fd", 1),), repeats=max(3, args.repeats // 3),
-                             warmup=1, device=args.device)
+            rows = benchmark(cells=("LSTM", "GRU"), cases=(("fd", 1),), device=args.device, warmup=1, **timing)
         else:
             rows = benchmark(cells=("LSTM", "GRU", "RNN"), cases=(("fd", 1), ("fd", 4), ("jet", 1)),
-                             repeats=args.repeats, device=args.device)
+                             device=args.device, **timing)
         stem = f"regularizer_{torch.device(args.device).type}"
-        write_csv(args.out_dir / f"{stem}.csv", rows, SPEED_COLUMNS + ["batch", "steps", "hidden", "device"])
+        write_csv(args.out_dir / f"{stem}.csv", rows, SPEED_COLUMNS)
         header = (f"Regularized training step (mode 'regularizer') / plain training step, B=64, T=96, H=64, input 16, "
-                  f"{args.device} ({machine}).\n\nCommand: `{command.strip()}`")
+                  f"{args.device} ({machine}), {args.clock} clock, median of interleaved rounds."
+                  f"\n\nCommand: `{command.strip()}`")
         text = speed_markdown(rows, header)
         (args.out_dir / f"{stem}.md").write_text(text)
         print(text)

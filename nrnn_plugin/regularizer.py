@@ -66,8 +66,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import statistics
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -797,24 +795,28 @@ def benchmark(
     steps: int = 96,
     hidden: int = 64,
     input_size: int = 16,
-    repeats: int = 10,
-    warmup: int = 2,
     seed: int = 0,
     device: str | torch.device = "cpu",
+    **timing: Any,
 ) -> list[dict[str, Any]]:
     """Time a regularized training step against a plain one, paired in this process; returns one row per case.
 
     The model is ``cell(input_size, hidden)`` + a linear read-out of the last step, cross-entropy over 10
     classes, SGD. The plain step is ``zero_grad``, forward, backward, ``step`` of the noise-free model (fused
     kernels); the regularized step is :func:`training_step` in mode ``"regularizer"`` with the case's
-    estimator and probes. Each repeat times one plain and one regularized step back to back; ``ratio`` is the
-    median of the per-repeat ratios (CUDA is synchronised around each step). Rows: ``cell, additive,
-    multiplicative, estimator, probes, batch, steps, hidden, device, plain_ms, regularized_ms, ratio, kernel``.
+    estimator and probes (``fd`` reuses the plain loss as ``L(0)``). Timing is
+    :func:`nrnn_plugin.benchmarking.time_pair` (interleaved rounds, median of per-round ratios); ``timing``
+    is passed to it (``clock="cpu"`` with one thread is robust on a shared machine, ``budget_s``,
+    ``min_rounds``, ...). Rows: ``cell, additive, multiplicative, estimator, probes, kernel, batch, steps,
+    hidden, device, clock, plain_ms, regularized_ms, ratio, ratio_min, ratio_max``; ``kernel`` is the kernel
+    the probes run on.
     """
+    from nrnn_plugin.benchmarking import time_pair
     from nrnn_plugin.layers.recurrent import FUNCTION_KERNELS
     from nrnn_plugin.swap import register_noise
 
     classes = {"LSTM": nn.LSTM, "GRU": nn.GRU, "RNN": nn.RNN}
+    modes = {"LSTM": "LSTM", "GRU": "GRU", "RNN": "RNN_TANH"}
     rows: list[dict[str, Any]] = []
     for cell in cells:
         if cell not in classes:
@@ -833,14 +835,12 @@ def benchmark(
                     mode="regularizer",
                     estimator=estimator,
                     probes=probes,
-                    regularizer_weight=1.0,
                     seed=seed,
                 )
                 register_noise(model, config)
                 model.train()
                 x = torch.randn(steps, batch, input_size, device=device)
                 y = torch.randint(0, 10, (batch,), device=device)
-                sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
                 optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
 
                 def closure() -> Tensor:
@@ -855,26 +855,13 @@ def benchmark(
                 def regularized() -> None:
                     training_step(model, closure, optimizer, config)
 
-                for _ in range(warmup):
-                    plain()
-                    regularized()
-                plain_times, reg_times, ratios = [], [], []
-                for _ in range(repeats):
-                    sync()
-                    start = time.perf_counter()
-                    plain()
-                    sync()
-                    middle = time.perf_counter()
-                    regularized()
-                    sync()
-                    end = time.perf_counter()
-                    plain_times.append(middle - start)
-                    reg_times.append(end - middle)
-                    ratios.append((end - middle) / (middle - start))
-                mode = {"LSTM": "LSTM", "GRU": "GRU", "RNN": "RNN_TANH"}[cell]
-                kernel = "reference" if estimator in ("jet", "exact") else (
-                    "fused" if cell == "LSTM" and multiplicative == 0.0 else ("function" if mode in FUNCTION_KERNELS else "reference")
-                )
+                result = time_pair(plain, regularized, device=device, **timing)
+                if estimator in ("jet", "exact"):
+                    kernel = "reference"
+                elif cell == "LSTM" and multiplicative == 0.0:
+                    kernel = "fused"
+                else:
+                    kernel = "function" if modes[cell] in FUNCTION_KERNELS else "reference"
                 rows.append(
                     {
                         "cell": cell,
@@ -882,14 +869,17 @@ def benchmark(
                         "multiplicative": multiplicative,
                         "estimator": estimator,
                         "probes": probes,
+                        "kernel": kernel,
                         "batch": batch,
                         "steps": steps,
                         "hidden": hidden,
                         "device": str(device),
-                        "plain_ms": 1e3 * statistics.median(plain_times),
-                        "regularized_ms": 1e3 * statistics.median(reg_times),
-                        "ratio": statistics.median(ratios),
-                        "kernel": kernel,
+                        "clock": timing.get("clock", "wall"),
+                        "plain_ms": 1e3 * result.base_s,
+                        "regularized_ms": 1e3 * result.other_s,
+                        "ratio": result.ratio,
+                        "ratio_min": result.ratio_min,
+                        "ratio_max": result.ratio_max,
                     }
                 )
     return rows
