@@ -367,12 +367,15 @@ def noise_gap(model: nn.Module, closure: Callable[[], Tensor], *, antithetic: bo
     ``closure()`` runs ``model`` and returns per-sample losses (any shape, e.g. ``reduction="none"``); batch
     many noise paths by repeating the inputs along the batch dimension (every row draws its own noise). The
     closure runs with noise forced on (``+xi``), on again with the negated draws (``-xi``, if ``antithetic``;
-    a valid draw for every built-in scheme) and with noise off; the gap is averaged over all elements. The
-    standard error treats elements as independent; pooling different samples makes it conservative.
+    a valid draw for every built-in scheme) and with noise off, the global RNG restored before each pass (one
+    dropout mask for all three); the gap is averaged over all elements. The standard error treats elements as
+    independent; pooling different samples makes it conservative.
     """
     from nrnn_plugin.noise import NoiseTape, recording, replaying
+    from nrnn_plugin.regularizer import _devices, _GlobalRng
     from nrnn_plugin.runtime import noise_override
 
+    rng = _GlobalRng(_devices(model))  # every pass draws the same dropout masks, if any
     with torch.no_grad():
         with noise_override(model, True), recording(model) as tapes:
             noisy = closure().detach().double().flatten()
@@ -382,8 +385,10 @@ def noise_gap(model: nn.Module, closure: Callable[[], Tensor], *, antithetic: bo
                 negated[name] = NoiseTape()
                 for draw in tape.draws:
                     negated[name].append(-draw)
+            rng.restore()
             with noise_override(model, True), replaying(model, negated):
                 noisy = 0.5 * (noisy + closure().detach().double().flatten())
+        rng.restore()
         with noise_override(model, False):
             clean = closure().detach().double().flatten()
     gap = noisy - clean

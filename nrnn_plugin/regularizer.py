@@ -141,7 +141,7 @@ def explicit_regularizer(
         raise ValueError(f"explicit_regularizer: eta must be a finite number > 0, got {eta!r}")
     active = _active_runtimes(model)
     if config is None:
-        config = model_config(model)
+        config = next(runtimes(model)).config
     if active:
         with _probe_state(model):
             if estimator == "fd":
@@ -179,7 +179,8 @@ def regularized_loss(
     Returns:
         ``(total, reg)``: mode ``"noise"`` (or weight 0, or ``enabled=False``) gives ``(loss, 0)``; modes
         ``"regularizer"`` and ``"both"`` give ``(loss + weight * reg, reg)``. In mode ``"regularizer"`` the given
-        ``loss`` is ``L(0)`` and ``fd`` reuses it, unless the model has active dropout modules or autocast is on.
+        ``loss`` is ``L(0)`` and ``fd`` reuses it, unless a noisy module injects in its own forward (the
+        registered mode is not ``"regularizer"``), the model has active dropout modules or autocast is on.
     """
     if config is None:
         config = model_config(model)
@@ -387,6 +388,12 @@ def _has_active_dropout(model: nn.Module) -> bool:
 
 
 def _clean_loss_reusable(model: nn.Module) -> bool:
+    """The caller's loss is ``L(0)`` of this step: no module injects noise in its own forward now, no active
+    dropout module drew a mask the probes cannot replay, and no autocast made it low precision."""
+    from nrnn_plugin.swap import noisy_modules
+
+    if any(module._nrnn_runtime.injecting(module.training) for _, module in noisy_modules(model)):
+        return False
     if _has_active_dropout(model):
         return False
     for device_type in {d.type for d in _devices(model)}:

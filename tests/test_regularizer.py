@@ -625,6 +625,18 @@ def test_regularized_loss_does_not_reuse_the_loss_with_dropout() -> None:
     assert value(reg) == value(reference) and abs(value(reg)) < 1.0
 
 
+def test_regularized_loss_does_not_reuse_a_noisy_loss() -> None:
+    """Registered mode 'noise' (the model's own forward injects) with a 'regularizer' config passed in: the given
+    loss is not L(0), so it must not be reused."""
+    problem = Problem("GRU", "ce", (0.3, 0.4), seed=17)
+    problem.model.train()
+    config = problem.config.replace(mode="regularizer")
+    reg_fn = same_draw(problem.model, regularized_loss)
+    _, reg = reg_fn(problem.model, problem.closure(), loss=torch.tensor(100.0, dtype=DTYPE), config=config)
+    _, reference = reg_fn(problem.model, problem.closure(), loss=torch.tensor(0.0, dtype=DTYPE), config=config)
+    assert value(reg) == value(reference) and abs(value(reg)) < 1.0
+
+
 def test_training_step_updates_parameters() -> None:
     problem = Problem("GRU", "ce", (0.3, 0.0), seed=13)
     for rt in runtimes(problem.model):
