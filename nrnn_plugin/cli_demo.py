@@ -228,7 +228,8 @@ def _report(
             strongest.append((perturbation, top, change))
     lines = [
         f"nrnn demo: {dataset}, test windows; MAE in the target's units (lower is better), mean ± std over "
-        f"{len(seeds)} training seed(s) x {len(settings.perturbation_seeds)} perturbation seed(s)",
+        f"{len(seeds)} training seed(s) x {len(settings.perturbation_seeds)} perturbation seed(s); "
+        f"change = {noisy} relative to {plain}",
         "",
         pipeline.format_robustness_table(mae),
         "",

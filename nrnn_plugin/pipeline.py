@@ -610,8 +610,11 @@ def evaluate_robustness(
     return evaluate(dict(models), loader, task="forecasting", perturbations=dict(grid), seeds=list(seeds))
 
 
-def format_robustness_table(results: pd.DataFrame, metric: str = "mae") -> str:
-    """Mean ± std over seeds of ``metric``: one row per (perturbation, strength), one column per model."""
+def format_robustness_table(results: pd.DataFrame, metric: str = "mae", change_label: str = "change") -> str:
+    """Mean ± std over seeds of ``metric``: one row per (perturbation, strength), one column per model.
+
+    With two models a last column gives the second model's mean relative to the first (``change_label``).
+    """
     from nrnn_plugin.robustness import summarize
 
     table = summarize(results[results["metric"] == metric])
@@ -619,7 +622,7 @@ def format_robustness_table(results: pd.DataFrame, metric: str = "mae") -> str:
     perturbations = list(dict.fromkeys(table["perturbation"]))
     header = ["perturbation", "strength", *[f"{m} {metric.upper()}" for m in models]]
     if len(models) == 2:
-        header.append("change")
+        header.append(change_label)
     rows = []
     clean_done = False
     for perturbation in perturbations:
@@ -751,5 +754,6 @@ def run_robustness_report(
         f"{names} on {window_text} {windows} windows of {source}: MAE in the target's units, perturbed "
         f"(normalised) encoder inputs, mean ± std over {seeds} perturbation seed(s)"
     )
-    table = title + "\n\n" + format_robustness_table(results)
+    change = "2nd vs 1st" if len(labels) == 2 else "change"
+    table = title + "\n\n" + format_robustness_table(results, change_label=change)
     return RobustnessReport(results=results, table=table, files=[csv_path, png_path])

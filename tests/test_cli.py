@@ -239,7 +239,7 @@ def test_train_with_and_without_noise_then_compare_robustness(tmp_path, sunspots
         "RecurrentNetwork + noise vs RecurrentNetwork on 27 test windows of sunspots.csv: MAE"
     )
     assert table[2].split() == ["perturbation", "strength", "RecurrentNetwork", "+", "noise", "MAE",
-                                "RecurrentNetwork", "MAE", "change"]
+                                "RecurrentNetwork", "MAE", "2nd", "vs", "1st"]
     assert [line.split()[0] for line in table[4:]] == ["clean", "white_noise", "fgsm"]
 
     import pandas as pd
