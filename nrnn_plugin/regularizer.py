@@ -119,7 +119,7 @@ def explicit_regularizer(
         probes: number of independent noise draws averaged (``fd``, ``jet``); ``exact`` ignores it.
         terms: ``"R+Q"`` (the full estimate, first-order term of biased schemes included) or ``"R"`` (the
             Gauss-Newton part only, ``>= 0`` for convex losses).
-        config: passed to the ``nrnn_regularizer_terms`` hook; default :func:`model_config`.
+        config: passed to the ``nrnn_regularizer_terms`` hook; default: the first noisy module's config.
         eta: probe scale of ``fd`` (``> 0``; ``1`` = the configured noise level).
         clean_loss: ``L(0)`` already computed by the caller with the noise-free model in the same state
             (reused by ``fd`` with ``terms="R+Q"`` to save one forward; see "Dropout" in the module docstring).
