@@ -86,17 +86,18 @@ def main(argv: list[str] | None = None) -> int:
     rows = benchmarking.run_layer_benchmark(
         grid=grid, quick=args.quick, device=args.device, cases=cases, on_result=progress, **timing
     )
-    table = benchmarking.format_markdown(rows)
     elapsed = time.perf_counter() - started
-    print(
+    title = (
         f"Training-step time ratio noisy / fused (forward + backward; eval_registered: eval forward), "
         f"{args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads, {args.clock} clock, "
         f"{elapsed:.0f} s\n"
     )
+    table = benchmarking.format_markdown(rows)
+    print(title)
     print(table)
     if args.markdown:
         with open(args.markdown, "w") as handle:
-            handle.write(table)
+            handle.write(f"{title}\nCommand: `python benchmarks/bench_layers.py {' '.join(sys.argv[1:] if argv is None else argv)}`\n\n{table}")
     return 0
 
 

@@ -44,6 +44,7 @@ __all__ = [
     "run_layer_benchmark",
     "format_markdown",
     "write_csv",
+    "read_csv",
 ]
 
 MODES = ("LSTM", "GRU", "RNN_TANH", "RNN_RELU")
@@ -372,3 +373,23 @@ def write_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+
+
+_INT_COLUMNS = ("batch", "steps", "hidden", "input_size", "layers", "threads", "rounds", "inner")
+_FLOAT_COLUMNS = ("base_ms", "noisy_ms", "ratio", "ratio_min", "ratio_max")
+
+
+def read_csv(path: str | Path) -> list[dict[str, Any]]:
+    """Result rows written by :func:`write_csv`, with numbers and booleans restored."""
+    with Path(path).open(newline="") as handle:
+        rows: list[dict[str, Any]] = list(csv.DictReader(handle))
+    for row in rows:
+        for key in _INT_COLUMNS:
+            if key in row:
+                row[key] = int(row[key])
+        for key in _FLOAT_COLUMNS:
+            if key in row:
+                row[key] = float(row[key])
+        if "train" in row:
+            row["train"] = row["train"] == "True"
+    return rows

@@ -26,6 +26,7 @@ def test_tiny_grid_runs_and_formats(tmp_path):
     benchmarking.write_csv(rows, path)
     with path.open() as handle:
         assert len(list(csv.DictReader(handle))) == len(rows)
+    assert benchmarking.read_csv(path) == [{**row, "device": str(row["device"])} for row in rows]
 
 
 def test_grid_and_errors():
