@@ -161,6 +161,20 @@ def test_small_layouts(sizes):
         del LAYOUTS["edge"]
 
 
+@pytest.mark.parametrize("present", ["b_ih", "b_hh"])
+def test_single_bias(present):
+    """Only one of the two biases given (not produced by nn.RNNBase, allowed by the kernel contract)."""
+    layout = LAYOUTS["packed"]
+    for k, mode in enumerate(MODES):
+        generator, x, weights, h0, c0 = _case(mode, layout, True, 41 + k)
+        weights[3 if present == "b_ih" else 2] = None
+        noise_h = _noise("add_mult", layout.rows, generator)
+        inputs = (x, weights, h0, c0)
+        expected = _results_and_grads(lambda *a: reference_unroll(mode, *a), inputs, noise_h, None, False, layout, 3)
+        actual = _results_and_grads(FUNCTION_KERNELS[mode], inputs, noise_h, None, False, layout, 3)
+        _assert_close(actual[0] + actual[1], expected[0] + expected[1], f"{mode} only {present}")
+
+
 def test_backward_twice_with_retained_graph():
     """The backward does not modify what it saved: a second backward (retain_graph) gives the same grads."""
     layout = LAYOUTS["packed"]

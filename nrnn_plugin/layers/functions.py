@@ -225,6 +225,13 @@ def _scaled_rows(weight: Tensor, rows: slice, factor: float) -> Tensor:
     return scaled
 
 
+def _combined_bias(b_ih: Tensor | None, b_hh: Tensor | None) -> Tensor | None:
+    """``b_ih + b_hh`` where either may be absent (both enter the gates additively)."""
+    if b_ih is None:
+        return b_hh
+    return b_ih if b_hh is None else b_ih + b_hh
+
+
 def _mul(a: Tensor, b: Tensor | None) -> Tensor:
     """``a * b`` with ``None`` meaning 1 (a fresh tensor either way)."""
     return a.clone() if b is None else a * b
@@ -307,9 +314,9 @@ class LSTMSequence(torch.autograd.Function):
         g_rows = slice(2 * hidden, 3 * hidden)
         w_hh_t = _scaled_rows(w_hh, g_rows, 2.0).t()
         w_ih_scaled = _scaled_rows(w_ih, g_rows, 2.0)
-        if b_ih is not None and b_hh is not None:
-            bias = _scaled_rows(b_ih + b_hh, g_rows, 2.0)
-            gates = torch.addmm(bias, x, w_ih_scaled.t())  # [N, 4H]; becomes the gate activations in place
+        bias = _combined_bias(b_ih, b_hh)
+        if bias is not None:
+            gates = torch.addmm(_scaled_rows(bias, g_rows, 2.0), x, w_ih_scaled.t())  # [N, 4H], activated in place
         else:
             gates = torch.mm(x, w_ih_scaled.t())
         out = x.new_empty(rows, hidden)
@@ -362,7 +369,6 @@ class LSTMSequence(torch.autograd.Function):
                 h.addcmul_(mh[t], h_prev)
 
         ctx.plan = plan
-        ctx.has_bias = b_ih is not None
         ctx.save_for_backward(x, w_ih, w_hh, h0, c0, out, cells, gates, cell_sigmoid, gate_h, mult_h, gate_c, mult_c)
         return out, plan.final(out), plan.final(cells)
 
@@ -608,8 +614,9 @@ class ElmanSequence(torch.autograd.Function):
         scale = 1.0 if relu else 2.0
         w_hh_t = (w_hh * scale).t()
         w_ih_t = (w_ih * scale).t()
-        if b_ih is not None and b_hh is not None:
-            act = torch.addmm((b_ih + b_hh) * scale, x, w_ih_t)  # pre-activations, then activations in place
+        bias = _combined_bias(b_ih, b_hh)
+        if bias is not None:
+            act = torch.addmm(bias * scale, x, w_ih_t)  # pre-activations, then activations in place
         else:
             act = torch.mm(x, w_ih_t)
         out = x.new_empty(rows, hidden)
