@@ -568,14 +568,6 @@ REPORT_STRENGTHS: dict[str, tuple[float, ...]] = {
 }
 
 
-#: Models whose checkpoints ``nrnn robustness`` refuses, and why.
-UNSUPPORTED_FOR_ROBUSTNESS = {
-    "DeepAR": "its forward without n_samples decodes with the observed future targets (teacher forcing), so "
-    "model(x) is not a forecast, and its point forecast is sampled (no input gradient for fgsm/pgd); "
-    "RecurrentNetwork and TemporalFusionTransformer checkpoints are supported",
-}
-
-
 def robustness_grid(
     perturbations: Sequence[str] | None = None, strengths: Sequence[float] | None = None
 ) -> dict[str, tuple[float, ...]]:
@@ -717,13 +709,7 @@ def run_robustness_report(
     grid = robustness_grid(perturbations, strengths)  # check the names before the slow part
     runs = []
     for checkpoint in checkpoints:
-        run = load_run(checkpoint)
-        if run.sidecar["model_class"] in UNSUPPORTED_FOR_ROBUSTNESS:
-            raise InputError(
-                f"{checkpoint}: robustness reports for {run.sidecar['model_class']} are not supported yet: "
-                f"{UNSUPPORTED_FOR_ROBUSTNESS[run.sidecar['model_class']]}"
-            )
-        runs.append(run)
+        runs.append(load_run(checkpoint))
     labels = _labels(checkpoints, runs)
     source = Path(data_path).name
     frames, counts = [], set()

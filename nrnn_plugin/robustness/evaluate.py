@@ -7,7 +7,11 @@ Two tasks:
 * ``"forecasting"``: a pytorch-forecasting model and its data loader (batches ``(x: dict, (y, weight))``);
   the perturbation is applied to the normalised encoder inputs ``x["encoder_cont"]`` only; metrics ``mae`` and
   ``smape`` of the point prediction (``model.to_prediction``) on the prediction window, in the target's
-  original scale. Adversarial loss: the MAE of that prediction.
+  original scale. Adversarial loss: the MAE of that prediction. Autoregressive sampling models (``DeepAR``:
+  a ``forward(x, n_samples)`` and a distribution loss) are scored on their *median path*: the decoder is run
+  autoregressively (never with the observed future targets) and fed the median of each step's predicted
+  distribution instead of a random sample, which makes the forecast deterministic and differentiable (FGSM/PGD
+  need its input gradient). See :func:`median_path_decoding`.
 
 Every model is evaluated in eval mode with injected noise forced off (:func:`~nrnn_plugin.runtime.noise_override`):
 the perturbed input goes through the *noise-free* model, and adversarial gradients are taken through it too.
@@ -29,7 +33,7 @@ from torch import Tensor, nn
 from nrnn_plugin.robustness.perturbations import DEFAULT_STRENGTHS, PERTURBATIONS, Perturbation
 from nrnn_plugin.runtime import noise_override
 
-__all__ = ["evaluate", "COLUMNS", "TASKS"]
+__all__ = ["evaluate", "median_path_decoding", "COLUMNS", "TASKS"]
 
 COLUMNS = ("model", "perturbation", "strength", "metric", "value", "seed")
 TASKS = ("auto", "classification", "forecasting")
@@ -109,7 +113,12 @@ class _Forecasting(_Task):
         y = target[0] if isinstance(target, (tuple, list)) else target
         if isinstance(y, (tuple, list)):
             raise ValueError("evaluate(task='forecasting'): multiple targets are not supported")
-        prediction = model.to_prediction(model(inputs))
+        if _samples_autoregressively(model):
+            # n_samples=2: pytorch-forecasting samples from the *normalised* parameters when n_samples=1
+            with median_path_decoding(model):
+                prediction = model(inputs, n_samples=2)["prediction"][..., 0]
+        else:
+            prediction = model.to_prediction(model(inputs))
         if prediction.dim() == 3 and prediction.shape[-1] == 1:
             prediction = prediction[..., 0]
         steps = torch.arange(y.shape[1], device=y.device)
@@ -129,6 +138,49 @@ class _Forecasting(_Task):
         smape = 2.0 * error / (prediction.abs()[mask] + y.abs()[mask] + 1e-8)
         count = int(mask.sum())
         return {"mae": (error.sum().item(), count), "smape": (smape.sum().item(), count)}
+
+
+def _samples_autoregressively(model: nn.Module) -> bool:
+    """True for pytorch-forecasting models that decode by sampling their distribution loss (DeepAR)."""
+    import inspect
+
+    try:
+        from pytorch_forecasting.metrics import DistributionLoss
+    except ImportError:  # pragma: no cover - forecasting models imply pytorch-forecasting
+        return False
+    return isinstance(getattr(model, "loss", None), DistributionLoss) and (
+        "n_samples" in inspect.signature(model.forward).parameters
+    )
+
+
+@contextlib.contextmanager
+def median_path_decoding(model: nn.Module) -> Iterator[None]:
+    """Make ``model.loss.sample`` return the median of the predicted distribution instead of random draws.
+
+    Inside the block, an autoregressive sampling model such as ``DeepAR`` called with ``n_samples=k`` decodes
+    ``k`` identical, deterministic paths: each step's input is the previous step's median. The median is the
+    base distribution's central value pushed through the (monotone) scaling and target transformations, exact
+    for the symmetric base distributions pytorch-forecasting uses for real-valued targets (normal, Student-t).
+    Gradients flow through the whole decode.
+    """
+    loss = model.loss  # type: ignore[attr-defined]
+
+    def sample_median(y_pred: Tensor, n_samples: int) -> Tensor:
+        distribution = loss.map_x_to_distribution(y_pred)
+        transforms = []
+        while isinstance(distribution, torch.distributions.TransformedDistribution):
+            transforms = list(distribution.transforms) + transforms
+            distribution = distribution.base_dist
+        value = distribution.mean
+        for transform in transforms:
+            value = transform(value)
+        return value.unsqueeze(-1).expand(*value.shape, n_samples)  # [B, T, n_samples] as loss.sample returns
+
+    loss.sample = sample_median  # instance attribute shadows the method
+    try:
+        yield
+    finally:
+        del loss.sample
 
 
 def _to_device(value: Any, device: torch.device) -> Any:
