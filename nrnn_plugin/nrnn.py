@@ -58,7 +58,7 @@ from nrnn_plugin.config import NoiseConfig
 from nrnn_plugin.diffusion import AffineNoise
 from nrnn_plugin.layers.functions import needs_reference
 from nrnn_plugin.layers.layout import SequenceLayout
-from nrnn_plugin.layers.recurrent import _kernel_choice
+from nrnn_plugin.layers.recurrent import current_kernel
 from nrnn_plugin.runtime import NoiseRuntime
 
 __all__ = ["NRNN", "NRNNCell", "NoisyNRNN", "NoisyNRNNCell", "NRNNSequence", "structured_matrix", "nrnn_step", "unroll"]
@@ -431,7 +431,7 @@ def unroll(
     Returns:
         ``out`` ``[N, H]`` (the state after every step, noise included) and ``h_n`` ``[B, H]``.
     """
-    if layout.uniform and _kernel_choice.get() != "reference" and not needs_reference(noise):
+    if layout.uniform and current_kernel() != "reference" and not needs_reference(noise):
         return _sequence_kernel(xw, layout, kernel, step, linear_part, h0, noise, reverse)
     sizes = layout.sizes
     xw_steps = torch.split(xw, sizes)

@@ -1,7 +1,7 @@
 """Noisy recurrent layers and cells (switched to by :func:`nrnn_plugin.register_noise`)."""
 
 from nrnn_plugin.layers.cells import NoisyGRUCell, NoisyLSTMCell, NoisyRNNCell
-from nrnn_plugin.layers.recurrent import KERNELS, NoisyGRU, NoisyLSTM, NoisyRNN, use_kernel
+from nrnn_plugin.layers.recurrent import KERNELS, NoisyGRU, NoisyLSTM, NoisyRNN, current_kernel, use_kernel
 
 __all__ = [
     "NoisyRNN",
@@ -11,6 +11,7 @@ __all__ = [
     "NoisyLSTMCell",
     "NoisyGRUCell",
     "use_kernel",
+    "current_kernel",
     "KERNELS",
 ]
 

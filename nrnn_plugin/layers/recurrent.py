@@ -34,7 +34,16 @@ from nrnn_plugin.layers.layout import SequenceLayout
 from nrnn_plugin.layers.reference import reference_unroll
 from nrnn_plugin.runtime import NoiseRuntime
 
-__all__ = ["NoisyRNN", "NoisyLSTM", "NoisyGRU", "NoisyRecurrentMixin", "use_kernel", "KERNELS", "autocast_dtype"]
+__all__ = [
+    "NoisyRNN",
+    "NoisyLSTM",
+    "NoisyGRU",
+    "NoisyRecurrentMixin",
+    "use_kernel",
+    "current_kernel",
+    "KERNELS",
+    "autocast_dtype",
+]
 
 KERNELS = ("auto", "fused", "function", "reference")
 _kernel_choice: contextvars.ContextVar[str] = contextvars.ContextVar("nrnn_kernel", default="auto")
@@ -58,6 +67,11 @@ def use_kernel(kind: str) -> Iterator[None]:
         yield
     finally:
         _kernel_choice.reset(token)
+
+
+def current_kernel() -> str:
+    """The kernel choice in effect (``"auto"`` unless inside :func:`use_kernel`)."""
+    return _kernel_choice.get()
 
 
 def autocast_dtype(device_type: str) -> torch.dtype | None:
@@ -222,7 +236,7 @@ def _run_layers(
     hidden = module.hidden_size
     targets = runtime.targets(has_cell_state=is_lstm)
     diffusion = runtime.diffusion()
-    choice = _kernel_choice.get()
+    choice = current_kernel()
     fused = (
         is_lstm
         and choice in ("auto", "fused")
