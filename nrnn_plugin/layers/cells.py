@@ -43,40 +43,32 @@ def _batched(input: Tensor, hx: Tensor | None) -> tuple[Tensor, Tensor | None, b
     return input, hx, True
 
 
-class NoisyRNNCell(NoisyCellMixin, nn.RNNCell):
+class _NoisySingleStateCell(NoisyCellMixin):
+    """Forward of the cells with a single state (``nn.RNNCell``, ``nn.GRUCell``): ``Psi(h, x)`` plus noise."""
+
+    def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:  # noqa: A002
+        runtime = getattr(self, "_nrnn_runtime", None)
+        if runtime is None or not runtime.injecting(self.training):  # type: ignore[attr-defined]
+            return super().forward(input, hx)  # type: ignore[misc]
+        x, h, batched = _batched(input, hx)
+        if h is None:
+            h = x.new_zeros(x.shape[0], self.hidden_size)  # type: ignore[attr-defined]
+        psi = super().forward(x, h)  # type: ignore[misc]
+        noise = self._draw(runtime, x.shape[0], ("h",), psi)["h"]
+        out = noise.apply(psi, h.to(psi.dtype))
+        return out if batched else out.squeeze(0)
+
+
+class NoisyRNNCell(_NoisySingleStateCell, nn.RNNCell):
     """``nn.RNNCell`` with noise on the returned state during training."""
 
     nrnn_original_class = nn.RNNCell
 
-    def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:  # noqa: A002
-        runtime = getattr(self, "_nrnn_runtime", None)
-        if runtime is None or not runtime.injecting(self.training):
-            return super().forward(input, hx)
-        x, h, batched = _batched(input, hx)
-        if h is None:
-            h = x.new_zeros(x.shape[0], self.hidden_size)
-        psi = super().forward(x, h)
-        noise = self._draw(runtime, x.shape[0], ("h",), psi)["h"]
-        out = noise.apply(psi, h.to(psi.dtype))
-        return out if batched else out.squeeze(0)
 
-
-class NoisyGRUCell(NoisyCellMixin, nn.GRUCell):
+class NoisyGRUCell(_NoisySingleStateCell, nn.GRUCell):
     """``nn.GRUCell`` with noise on the returned state during training."""
 
     nrnn_original_class = nn.GRUCell
-
-    def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:  # noqa: A002
-        runtime = getattr(self, "_nrnn_runtime", None)
-        if runtime is None or not runtime.injecting(self.training):
-            return super().forward(input, hx)
-        x, h, batched = _batched(input, hx)
-        if h is None:
-            h = x.new_zeros(x.shape[0], self.hidden_size)
-        psi = super().forward(x, h)
-        noise = self._draw(runtime, x.shape[0], ("h",), psi)["h"]
-        out = noise.apply(psi, h.to(psi.dtype))
-        return out if batched else out.squeeze(0)
 
 
 class NoisyLSTMCell(NoisyCellMixin, nn.LSTMCell):
