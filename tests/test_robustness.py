@@ -220,10 +220,9 @@ def test_evaluate_rejects_bad_arguments():
         evaluate(model, (x, y), seeds=[-1])
 
 
-@pytest.mark.filterwarnings("ignore:Attribute '(loss|logging_metrics)' is an instance")
-def test_evaluate_forecasting_metrics_on_the_prediction_window():
-    pytest.importorskip("pytorch_forecasting")
-    from pytorch_forecasting import RecurrentNetwork, TimeSeriesDataSet
+def _ar_windows():
+    """Synthetic AR series (fine for unit tests) as pytorch-forecasting windows: 10 steps in, 3 out."""
+    from pytorch_forecasting import TimeSeriesDataSet
     from pytorch_forecasting.data.examples import generate_ar_data
 
     data = generate_ar_data(seasonality=10.0, timesteps=40, n_series=3, seed=0)
@@ -236,7 +235,15 @@ def test_evaluate_forecasting_metrics_on_the_prediction_window():
         max_encoder_length=10,
         max_prediction_length=3,
     )
-    loader = dataset.to_dataloader(train=False, batch_size=32, num_workers=0)
+    return dataset, dataset.to_dataloader(train=False, batch_size=32, num_workers=0)
+
+
+@pytest.mark.filterwarnings("ignore:Attribute '(loss|logging_metrics)' is an instance")
+def test_evaluate_forecasting_metrics_on_the_prediction_window():
+    pytest.importorskip("pytorch_forecasting")
+    from pytorch_forecasting import RecurrentNetwork
+
+    dataset, loader = _ar_windows()
     torch.manual_seed(0)
     model = RecurrentNetwork.from_dataset(dataset, cell_type="GRU", hidden_size=6, rnn_layers=1)
     grid = {"white_noise": [0.0, 1.0], "salt_and_pepper": [0.3], "fgsm": [0.5], "pgd": [0.5]}
@@ -260,22 +267,11 @@ def test_evaluate_forecasting_metrics_on_the_prediction_window():
 def test_deepar_is_scored_on_its_median_path_without_future_targets():
     """DeepAR: no teacher forcing (future targets in x are ignored), deterministic, and attackable."""
     pytest.importorskip("pytorch_forecasting")
-    from pytorch_forecasting import DeepAR, TimeSeriesDataSet
-    from pytorch_forecasting.data.examples import generate_ar_data
+    from pytorch_forecasting import DeepAR
 
     from nrnn_plugin.robustness import median_path_decoding
 
-    data = generate_ar_data(seasonality=10.0, timesteps=40, n_series=3, seed=0)
-    dataset = TimeSeriesDataSet(
-        data,
-        time_idx="time_idx",
-        target="value",
-        group_ids=["series"],
-        time_varying_unknown_reals=["value"],
-        max_encoder_length=10,
-        max_prediction_length=3,
-    )
-    loader = dataset.to_dataloader(train=False, batch_size=32, num_workers=0)
+    dataset, loader = _ar_windows()
     torch.manual_seed(0)
     model = DeepAR.from_dataset(dataset, hidden_size=6, rnn_layers=1).eval()
     x, (y, _) = next(iter(loader))
