@@ -64,6 +64,15 @@ from nrnn_plugin.runtime import NoiseRuntime
 __all__ = ["NRNN", "NRNNCell", "NoisyNRNN", "NoisyNRNNCell", "NRNNSequence", "structured_matrix", "nrnn_step", "unroll"]
 
 
+def _check_sizes(owner: str, **sizes: Any) -> None:
+    """Each size must be an ``int >= 1``: ``TypeError`` for another type, ``ValueError`` below 1."""
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{owner}: {name} must be an integer >= 1, got {value!r}")
+        if value < 1:
+            raise ValueError(f"{owner}: {name} must be an integer >= 1, got {value!r}")
+
+
 def structured_matrix(free: Tensor, beta: float, gamma: float) -> Tensor:
     """``beta (M - M^T) + (1 - beta) (M + M^T) - gamma I`` for a square ``free = M`` (``[H, H]``).
 
@@ -217,11 +226,7 @@ class NRNN(_DriftParameters):
     ) -> None:
         super().__init__()
         owner = type(self).__name__
-        for name, value, minimum in (("input_size", input_size, 1), ("hidden_size", hidden_size, 1), ("num_layers", num_layers, 1)):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{owner}: {name} must be an integer >= {minimum}, got {value!r}")
-            if value < minimum:
-                raise ValueError(f"{owner}: {name} must be an integer >= {minimum}, got {value!r}")
+        _check_sizes(owner, input_size=input_size, hidden_size=hidden_size, num_layers=num_layers)
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout <= 1.0:
             raise ValueError(f"{owner}: dropout must be a number in [0, 1], got {dropout!r}")
         for name, value in (("bias", bias), ("batch_first", batch_first), ("bidirectional", bidirectional)):
@@ -614,9 +619,7 @@ class NRNNCell(_DriftParameters):
     ) -> None:
         super().__init__()
         owner = type(self).__name__
-        for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{owner}: {name} must be an integer >= 1, got {value!r}")
+        _check_sizes(owner, input_size=input_size, hidden_size=hidden_size)
         if not isinstance(bias, bool):
             raise TypeError(f"{owner}: bias must be True or False, got {bias!r}")
         self.input_size = input_size
