@@ -403,14 +403,14 @@ def load_run_config(path: str | os.PathLike[str]) -> RunConfig:
     """Read and validate a run file (YAML, safe loading; ``1e-3`` is a number)."""
     import yaml
 
-    from nrnn_plugin.config import _SafeLoaderWithFloats
+    from nrnn_plugin.config import _float_aware_safe_loader
 
     file = Path(path)
     if not file.is_file():
         folder = "" if file.parent.is_dir() else " (no such folder)"
         raise InputError(f"config file not found: {str(file)!r}{folder}")
     try:
-        data = yaml.load(file.read_text(), Loader=_SafeLoaderWithFloats)
+        data = yaml.load(file.read_text(), Loader=_float_aware_safe_loader())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""

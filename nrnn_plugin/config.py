@@ -16,6 +16,7 @@ research code's scheme (``scheme="reference"``).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import re
@@ -273,10 +274,7 @@ class NoiseConfig:
         An empty file or section gives the defaults. ``1e-3`` is read as a number (PyYAML alone reads it as
         a string).
         """
-        import yaml
-
-        text = Path(path).read_text()
-        data = yaml.load(text, Loader=_SafeLoaderWithFloats) or {}
+        data = _read_yaml(path)
         if key is not None:
             if not isinstance(data, Mapping) or key not in data:
                 raise ValueError(f"NoiseConfig.from_yaml: {str(path)!r} has no top-level section {key!r}")
@@ -298,8 +296,9 @@ class NoiseConfig:
         data: dict[str, Any] = base.to_dict() if base is not None else {}
         config_file = env.pop(_ENV_PREFIX + "CONFIG", None)
         if config_file:
-            from_file = cls.from_yaml(config_file).to_dict()  # validates the file
-            data.update({key: from_file[key] for key in _yaml_keys(config_file)})
+            from_file = _read_yaml(config_file)
+            validated = cls.from_dict(from_file).to_dict()  # the file alone must be a valid config
+            data.update({key: validated[key] for key in from_file})  # it overrides only the keys it sets
         schedule: dict[str, Any] = dict(data.get("schedule", {}))
         top_fields = {f.name: f for f in fields(cls) if f.name != "schedule"}
         schedule_fields = {f.name: f for f in fields(Schedule)}
@@ -324,12 +323,11 @@ class NoiseConfig:
         return cls.from_dict(data)
 
 
-def _yaml_keys(path: str | os.PathLike[str]) -> list[str]:
-    """The top-level keys a YAML config file sets (so that it overrides only those)."""
+def _read_yaml(path: str | os.PathLike[str]) -> Any:
+    """The parsed YAML file (safe loading; ``1e-3`` is a number); ``{}`` for an empty file."""
     import yaml
 
-    data = yaml.load(Path(path).read_text(), Loader=_SafeLoaderWithFloats) or {}
-    return list(data)
+    return yaml.load(Path(path).read_text(), Loader=_float_aware_safe_loader()) or {}
 
 
 def _parse_env_value(var: str, raw: str, annotation: Any) -> Any:
@@ -360,11 +358,13 @@ def _parse_env_value(var: str, raw: str, annotation: Any) -> Any:
     return text
 
 
-def _make_loader() -> type:
+@functools.lru_cache(maxsize=1)
+def _float_aware_safe_loader() -> type:
+    """A ``yaml.SafeLoader`` that also reads ``1e-3`` (no dot) as a float, as YAML 1.2 does (built on first use)."""
     import yaml
 
     class Loader(yaml.SafeLoader):
-        """SafeLoader that also reads ``1e-3`` (no dot) as a float, as YAML 1.2 does."""
+        pass
 
     Loader.add_implicit_resolver(
         "tag:yaml.org,2002:float",
@@ -379,15 +379,3 @@ def _make_loader() -> type:
         list("-+0123456789."),
     )
     return Loader
-
-
-class _LazyLoader:
-    _loader: type | None = None
-
-    def __call__(self, stream: Any) -> Any:
-        if _LazyLoader._loader is None:
-            _LazyLoader._loader = _make_loader()
-        return _LazyLoader._loader(stream)
-
-
-_SafeLoaderWithFloats = _LazyLoader()
