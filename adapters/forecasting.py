@@ -38,10 +38,6 @@ _PACKAGE = "pytorch_forecasting"
 _CLASSES_MODULE = "nrnn_plugin.adapters._forecasting_classes"
 
 
-def _qualified_name(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
 def _is_candidate(module: nn.Module) -> bool:
     """True for pytorch-forecasting modules and for this adapter's own noisy classes (cheap, no import)."""
     module_name = type(module).__module__

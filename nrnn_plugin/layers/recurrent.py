@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
@@ -263,7 +264,7 @@ def _run_layers(
             h_finals.extend(h_n.unbind(0))
             c_finals.extend(c_n.unbind(0))
         else:
-            kernel = function_kernel or _reference_kernel(mode)
+            kernel = function_kernel or functools.partial(reference_unroll, mode)
             outs = []
             for d in range(directions):
                 out_d, h_d, c_d = kernel(
@@ -289,10 +290,3 @@ def _run_layers(
     h_n = torch.stack(h_finals)
     c_n = torch.stack(c_finals) if is_lstm else None
     return layer_input, h_n, c_n
-
-
-def _reference_kernel(mode: str) -> Callable[..., tuple[Tensor, Tensor, Tensor | None]]:
-    def kernel(*args: Any) -> tuple[Tensor, Tensor, Tensor | None]:
-        return reference_unroll(mode, *args)
-
-    return kernel
