@@ -22,8 +22,10 @@ the closure (``F`` = one forward) before the training backward, which then runs 
   ``-eta`` and ``0`` (:func:`nrnn_plugin.noise.recording` / ``replaying``), averaged over ``probes``. Biased
   schemes add ``(L_mean(eta) - L_mean(-eta)) / (2 eta)``. Works on any model and with the fast kernels. Cost:
   ``2 probes + 1`` F (``2 probes`` when ``clean_loss`` is given), ``+2`` F for biased schemes; the backward
-  runs through each of them (a regularized step is about ``1 + 2 r`` plain steps, ``r`` = noisy/plain kernel
-  cost).
+  runs through each of them. In mode ``"regularizer"`` with the default weight 1, :func:`regularized_loss`
+  and :func:`training_step` drop the clean pass from the backward (its net weight in the total is 0), so a
+  regularized step is one noise-free forward plus ``2 probes`` noisy forward/backward passes: about
+  ``0.4 + 2 r`` plain steps (``r`` = noisy/plain cost of a forward/backward pass).
 * ``jet``: ``L''(0) / 2`` for each drawn path by double backward in the 0-dim probe scale ``s``
   (:func:`nrnn_plugin.runtime.noise_scale` with a tensor), through the autograd kernel
   (``use_kernel("reference")``); exact for the path, unbiased for ``(R + Q) / 2``. Biased schemes add
@@ -181,6 +183,9 @@ def regularized_loss(
         ``"regularizer"`` and ``"both"`` give ``(loss + weight * reg, reg)``. In mode ``"regularizer"`` the given
         ``loss`` is ``L(0)`` and ``fd`` reuses it, unless a noisy module injects in its own forward (the
         registered mode is not ``"regularizer"``), the model has active dropout modules or autocast is on.
+        When it is reused, ``total`` is assembled so that ``L(0)`` enters with its net coefficient
+        ``1 - weight``: same value and gradient, and with ``weight = 1`` (the default) ``total.backward()``
+        does not run through the clean forward at all (``total`` is then ``mean (L(+1) + L(-1)) / 2``).
     """
     if config is None:
         config = model_config(model)
@@ -190,11 +195,20 @@ def regularized_loss(
         loss = _evaluate(closure).loss
     if not config.uses_regularizer:
         return loss, torch.zeros((), device=loss.device, dtype=loss.dtype)
-    clean = loss if config.mode == "regularizer" and _clean_loss_reusable(model) else None
-    reg = explicit_regularizer(
-        model, closure, config.estimator, config.probes, "R+Q", config=config, clean_loss=clean
+    weight = config.regularizer_weight
+    if not _reuses_clean_loss(model, config):
+        reg = explicit_regularizer(model, closure, config.estimator, config.probes, "R+Q", config=config)
+        return loss + weight * reg, reg
+    # fd with eta = 1 is reg = mean_probes (L(+1) + L(-1)) / 2 - L(0) + (terms without L(0)). Passing L(0)
+    # detached and putting its gradient back by hand gives the same value and gradient, and lets the weight-1
+    # case (the default) skip the backward of the clean forward: L(0)'s coefficient in the total is 1 - weight.
+    clean = loss.detach()
+    reg_without_clean_grad = explicit_regularizer(
+        model, closure, "fd", config.probes, "R+Q", config=config, clean_loss=clean
     )
-    return loss + config.regularizer_weight * reg, reg
+    reg = reg_without_clean_grad - (loss - clean)
+    anchor = clean if weight == 1.0 else (1.0 - weight) * loss + weight * clean
+    return anchor + weight * reg_without_clean_grad, reg
 
 
 def training_step(
@@ -209,8 +223,13 @@ def training_step(
     ``backward``, ``optimizer.step()``. Put the model in train mode first; schedules are the caller's
     (:func:`nrnn_plugin.runtime.noise_level`).
     """
+    if config is None:
+        config = model_config(model)
     optimizer.zero_grad(set_to_none=True)
-    loss = _evaluate(closure).loss
+    # With a reused L(0) of net weight 0 in the total (see regularized_loss), its graph is never used.
+    clean_graph_unused = _reuses_clean_loss(model, config) and config.regularizer_weight == 1.0
+    with torch.no_grad() if clean_graph_unused else contextlib.nullcontext():
+        loss = _evaluate(closure).loss
     total, reg = regularized_loss(model, closure, loss=loss, config=config)
     total.backward()
     optimizer.step()
@@ -385,6 +404,16 @@ def _has_active_dropout(model: nn.Module) -> bool:
         if isinstance(module, nn.RNNBase) and module.dropout > 0 and module.num_layers > 1:
             return True
     return False
+
+
+def _reuses_clean_loss(model: nn.Module, config: NoiseConfig) -> bool:
+    """:func:`regularized_loss` takes the caller's loss as ``fd``'s ``L(0)`` (see its docstring)."""
+    return (
+        config.uses_regularizer
+        and config.estimator == "fd"
+        and config.mode == "regularizer"
+        and _clean_loss_reusable(model)
+    )
 
 
 def _clean_loss_reusable(model: nn.Module) -> bool:

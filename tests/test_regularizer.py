@@ -614,6 +614,68 @@ def test_regularized_loss_modes() -> None:
     assert value(total) == pytest.approx(value(clean) + 0.5 + 3.0 * value(exact), rel=1e-12)
 
 
+@pytest.mark.parametrize("weight", [1.0, 0.5, 3.0])
+def test_reused_clean_loss_keeps_value_and_gradient(weight: float) -> None:
+    """fd in mode 'regularizer' assembles the total with L(0) at its net weight 1 - weight: the value and the
+    parameter gradient are those of ``loss + weight * reg``, the returned reg keeps its own gradient, and at
+    weight 1 the backward never reaches the clean forward."""
+    problem = Problem("LSTM", "ce", (0.3, 0.4), seed=21)
+    model, closure = problem.model, problem.closure()
+    config = problem.config.replace(mode="regularizer", regularizer_weight=weight)
+    for rt in runtimes(model):
+        rt.config = config  # registered in mode "regularizer": the model's own forward is noise-free
+    params = list(model.parameters())
+    reg_fn = same_draw(model, regularized_loss)
+    reference_fn = same_draw(model, explicit_regularizer)
+
+    clean = closure()
+    reached = []
+    clean.register_hook(lambda grad: reached.append(grad))
+    total, reg = reg_fn(model, closure, loss=clean, config=config)
+    total_grads = torch.autograd.grad(total, params, retain_graph=True)
+    assert (len(reached) == 1) == (weight != 1.0)  # the clean graph is used only when its net weight is not 0
+    reg_grads = torch.autograd.grad(reg, params)
+
+    expected_clean = closure()
+    expected_reg = reference_fn(model, closure, "fd", clean_loss=expected_clean)
+    expected_total = expected_clean + weight * expected_reg
+    assert value(reg) == pytest.approx(value(expected_reg), rel=1e-12)
+    assert value(total) == pytest.approx(value(expected_total), rel=1e-12)
+    for got, want in zip(total_grads, torch.autograd.grad(expected_total, params, retain_graph=True)):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    for got, want in zip(reg_grads, torch.autograd.grad(expected_reg, params)):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("weight", [1.0, 0.5])
+def test_training_step_matches_the_unassembled_loss(weight: float) -> None:
+    """training_step (clean forward without a graph at weight 1) updates the parameters exactly as
+    ``backward(loss + weight * reg)`` does."""
+    stepped, reference = Problem("LSTM", "ce", (0.3, 0.0), seed=22), Problem("LSTM", "ce", (0.3, 0.0), seed=22)
+    config = stepped.config.replace(mode="regularizer", regularizer_weight=weight)
+    for rt in [*runtimes(stepped.model), *runtimes(reference.model)]:
+        rt.config = config
+    grad_modes = []
+
+    def closure():
+        grad_modes.append(torch.is_grad_enabled())
+        return stepped.closure()()
+
+    optimizer = torch.optim.SGD(stepped.model.parameters(), lr=0.1)
+    loss, reg = training_step(stepped.model, closure, optimizer, config)
+    assert grad_modes[0] == (weight != 1.0) and all(grad_modes[1:])
+
+    manual = torch.optim.SGD(reference.model.parameters(), lr=0.1)
+    clean = reference.closure()()
+    reg_reference = explicit_regularizer(reference.model, reference.closure(), "fd", clean_loss=clean)
+    (clean + weight * reg_reference).backward()
+    manual.step()
+    assert value(loss) == pytest.approx(value(clean), rel=1e-12)
+    assert value(reg) == pytest.approx(value(reg_reference), rel=1e-12)
+    for got, want in zip(stepped.model.parameters(), reference.model.parameters()):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
 def test_regularized_loss_does_not_reuse_the_loss_with_dropout() -> None:
     problem, _, closure = dropout_problem()
     config = problem.config.replace(mode="regularizer")
