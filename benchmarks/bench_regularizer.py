@@ -2,7 +2,10 @@
 
 Speed: a training step in mode "regularizer" (noise-free forward + the regularizer's probes) against a plain
 training step of the same model (fused kernels), paired and interleaved in one process, median of per-pair
-ratios (timing code: :func:`nrnn_plugin.regularizer.benchmark`). Writes ``regularizer_<device>.{csv,md}``.
+ratios (timing code: :func:`nrnn_plugin.regularizer.benchmark`). Writes ``regularizer_<device>.{csv,md}``
+(``_cpu_clock_<n>_thread`` appended with ``--clock cpu``, ``_tuned_malloc`` when glibc's ``MALLOC_MMAP_THRESHOLD_``
+or ``MALLOC_TRIM_THRESHOLD_`` is set). fd rows at weight 1 (the default) skip the clean backward; the weight-0.5
+rows show the general case.
 
 Monte Carlo (``--monte-carlo``): for tiny float64 models, the estimators ``exact``, ``jet`` and ``fd`` against an
 antithetic Monte Carlo estimate of ``E[loss_noisy] - loss_clean`` at three noise levels. Writes
@@ -10,6 +13,7 @@ antithetic Monte Carlo estimate of ``E[loss_noisy] - loss_clean`` at three noise
 
     .venv/bin/python benchmarks/bench_regularizer.py --quick                 # about a minute
     .venv/bin/python benchmarks/bench_regularizer.py --threads 2             # B=64, T=96, H=64, all cases
+    .venv/bin/python benchmarks/bench_regularizer.py --threads 1 --clock cpu # robust on a shared machine
     .venv/bin/python benchmarks/bench_regularizer.py --monte-carlo --skip-speed
 """
 
@@ -18,6 +22,7 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import os
 import platform
 import sys
 from pathlib import Path
@@ -31,9 +36,10 @@ from nrnn_plugin.diagnostics import noise_gap
 from nrnn_plugin.regularizer import benchmark, explicit_regularizer
 
 RESULTS = Path(__file__).resolve().parent / "results"
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"}
 BATCHES = 8  # jet/fd estimates of the Monte Carlo table: mean and standard error over this many calls
 
-SPEED_COLUMNS = ["cell", "additive", "multiplicative", "estimator", "probes", "kernel", "plain_ms", "regularized_ms", "ratio",
+SPEED_COLUMNS = ["cell", "additive", "multiplicative", "estimator", "probes", "weight", "kernel", "plain_ms", "regularized_ms", "ratio",
                  "ratio_min", "ratio_max", "batch", "steps", "hidden", "device", "clock"]
 
 # (name, cell, loss, (additive, multiplicative) per unit of level, scheme, dt, levels)
@@ -99,11 +105,11 @@ def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
 
 
 def speed_markdown(rows: list[dict], header: str) -> str:
-    lines = [header, "", "| cell | noise (add, mult) | estimator | probes | probe kernel | plain ms | regularized ms | ratio (min-max) |",
-             "|---|---|---|---:|---|---:|---:|---:|"]
+    lines = [header, "", "| cell | noise (add, mult) | estimator | probes | weight | probe kernel | plain ms | regularized ms | ratio (min-max) |",
+             "|---|---|---|---:|---:|---|---:|---:|---:|"]
     for r in rows:
         lines.append(
-            f"| {r['cell']} | {r['additive']}, {r['multiplicative']} | {r['estimator']} | {r['probes']} | {r['kernel']} "
+            f"| {r['cell']} | {r['additive']}, {r['multiplicative']} | {r['estimator']} | {r['probes']} | {r['weight']:g} | {r['kernel']} "
             f"| {r['plain_ms']:.1f} | {r['regularized_ms']:.1f} | {r['ratio']:.2f}x ({r['ratio_min']:.2f}-{r['ratio_max']:.2f}) |"
         )
     return "\n".join(lines) + "\n"
@@ -147,9 +153,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.quick:
             rows = benchmark(cells=("LSTM", "GRU"), cases=(("fd", 1),), device=args.device, warmup=1, **timing)
         else:
-            rows = benchmark(cells=("LSTM", "GRU", "RNN"), cases=(("fd", 1), ("fd", 4), ("jet", 1)),
+            rows = benchmark(cells=("LSTM", "GRU", "RNN"), cases=(("fd", 1), ("fd", 1, 0.5), ("fd", 4), ("jet", 1)),
                              device=args.device, **timing)
         stem = f"regularizer_{torch.device(args.device).type}"
+        if args.clock == "cpu":  # kept apart from the wall-clock table
+            stem += f"_cpu_clock_{torch.get_num_threads()}_thread"
+        if MALLOC_ENV & os.environ.keys():  # glibc tuned to keep freed memory (benchmarking.py's CPU tip)
+            stem += "_tuned_malloc"
+            machine += ", " + " ".join(f"{k}={os.environ[k]}" for k in sorted(MALLOC_ENV & os.environ.keys()))
         write_csv(args.out_dir / f"{stem}.csv", rows, SPEED_COLUMNS)
         header = (f"Regularized training step (mode 'regularizer') / plain training step, B=64, T=96, H=64, input 16, "
                   f"{args.device} ({machine}), {args.clock} clock, median of interleaved rounds."

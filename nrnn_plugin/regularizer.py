@@ -826,7 +826,7 @@ def benchmark(
     *,
     cells: Sequence[str] = ("LSTM", "GRU", "RNN"),
     noises: Sequence[tuple[float, float]] = ((0.05, 0.0), (0.05, 0.02)),
-    cases: Sequence[tuple[str, int]] = (("fd", 1), ("fd", 4), ("jet", 1)),
+    cases: Sequence[tuple[str, int] | tuple[str, int, float]] = (("fd", 1), ("fd", 4), ("jet", 1)),
     batch: int = 64,
     steps: int = 96,
     hidden: int = 64,
@@ -840,10 +840,11 @@ def benchmark(
     The model is ``cell(input_size, hidden)`` + a linear read-out of the last step, cross-entropy over 10
     classes, SGD. The plain step is ``zero_grad``, forward, backward, ``step`` of the noise-free model (fused
     kernels); the regularized step is :func:`training_step` in mode ``"regularizer"`` with the case's
-    estimator and probes (``fd`` reuses the plain loss as ``L(0)``). Timing is
+    estimator, probes and ``regularizer_weight`` (a case is ``(estimator, probes)`` or ``(estimator, probes,
+    weight)``, weight 1 by default; ``fd`` reuses the plain loss as ``L(0)``). Timing is
     :func:`nrnn_plugin.benchmarking.time_pair` (interleaved rounds, median of per-round ratios); ``timing``
     is passed to it (``clock="cpu"`` with one thread is robust on a shared machine, ``budget_s``,
-    ``min_rounds``, ...). Rows: ``cell, additive, multiplicative, estimator, probes, kernel, batch, steps,
+    ``min_rounds``, ...). Rows: ``cell, additive, multiplicative, estimator, probes, weight, kernel, batch, steps,
     hidden, device, clock, plain_ms, regularized_ms, ratio, ratio_min, ratio_max``; ``kernel`` is the kernel
     the probes run on.
     """
@@ -858,7 +859,9 @@ def benchmark(
         if cell not in classes:
             raise ValueError(f"benchmark: cells must be among {sorted(classes)}, got {cell!r}")
         for additive, multiplicative in noises:
-            for estimator, probes in cases:
+            for case in cases:
+                estimator, probes = case[0], case[1]
+                weight = float(case[2]) if len(case) > 2 else 1.0
                 torch.manual_seed(seed)
                 recurrent = classes[cell](input_size, hidden).to(device)
                 head = nn.Linear(hidden, 10).to(device)
@@ -871,6 +874,7 @@ def benchmark(
                     mode="regularizer",
                     estimator=estimator,
                     probes=probes,
+                    regularizer_weight=weight,
                     seed=seed,
                 )
                 register_noise(model, config)
@@ -905,6 +909,7 @@ def benchmark(
                         "multiplicative": multiplicative,
                         "estimator": estimator,
                         "probes": probes,
+                        "weight": weight,
                         "kernel": kernel,
                         "batch": batch,
                         "steps": steps,
