@@ -407,11 +407,13 @@ def _has_active_dropout(model: nn.Module) -> bool:
 
 
 def _reuses_clean_loss(model: nn.Module, config: NoiseConfig) -> bool:
-    """:func:`regularized_loss` takes the caller's loss as ``fd``'s ``L(0)`` (see its docstring)."""
+    """:func:`regularized_loss` takes the caller's loss as ``fd``'s ``L(0)`` (see its docstring): only when some
+    module injects at all (at noise level 0 the regularizer is 0 and does not contain ``L(0)``)."""
     return (
         config.uses_regularizer
         and config.estimator == "fd"
         and config.mode == "regularizer"
+        and bool(_active_runtimes(model))
         and _clean_loss_reusable(model)
     )
 

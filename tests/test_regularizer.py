@@ -647,6 +647,25 @@ def test_reused_clean_loss_keeps_value_and_gradient(weight: float) -> None:
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
+def test_regularized_loss_at_noise_level_zero_keeps_the_loss_gradient() -> None:
+    """A schedule at level 0 makes the regularizer 0 (it contains no L(0)): the total is the loss itself, with
+    its gradient (weight 1 must not drop it), and training_step still trains."""
+    problem = Problem("LSTM", "ce", (0.3, 0.0), seed=23)
+    config = problem.config.replace(mode="regularizer")
+    for rt in runtimes(problem.model):
+        rt.config = config
+    nrnn.runtime.noise_level(problem.model, 0.0)
+    loss = problem.closure()()
+    total, reg = regularized_loss(problem.model, problem.closure(), loss=loss, config=config)
+    assert value(reg) == 0.0 and value(total) == value(loss)
+    params = list(problem.model.parameters())
+    for got, want in zip(torch.autograd.grad(total, params), torch.autograd.grad(problem.closure()(), params)):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
+    before = [p.detach().clone() for p in params]
+    training_step(problem.model, problem.closure(), torch.optim.SGD(params, lr=0.1), config)
+    assert all(not torch.equal(a, b) for a, b in zip(before, params))
+
+
 @pytest.mark.parametrize("weight", [1.0, 0.5])
 def test_training_step_matches_the_unassembled_loss(weight: float) -> None:
     """training_step (clean forward without a graph at weight 1) updates the parameters exactly as
