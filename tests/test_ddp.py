@@ -8,7 +8,8 @@ exactly how users launch DDP. Each rank writes what it saw; the test then checks
 * each rank draws different noise, and each rank's first draw is the one its seed
   ``derive_seed(config.seed, module name, rank)`` predicts (reproducible from the seed, no run-to-run state),
 * the checkpoint holds the noise streams of *both* ranks (gathered on save), and a callback restored from
-  it on each rank continues that rank's own stream.
+  it on each rank continues that rank's own stream,
+* mode "regularizer" (the fd probes inside the training step) keeps the ranks in sync too.
 """
 
 from __future__ import annotations
@@ -125,11 +126,9 @@ SCRIPT = textwrap.dedent(
 ).replace("SEED", str(SEED))
 
 
-@pytest.fixture(scope="module")
-def ddp_results(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ddp")
+def run_ddp(out, script_text: str) -> list[dict]:
     script = out / "train_ddp.py"
-    script.write_text(SCRIPT)
+    script.write_text(script_text)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NRNN_", "LOCAL_RANK", "RANK", "WORLD_SIZE", "MASTER_"))}
     env.update(OMP_NUM_THREADS="1", PL_DISABLE_FORK="1")
     result = subprocess.run(
@@ -137,6 +136,23 @@ def ddp_results(tmp_path_factory):
     )
     assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-4000:])
     return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+
+
+@pytest.fixture(scope="module")
+def ddp_results(tmp_path_factory):
+    return run_ddp(tmp_path_factory.mktemp("ddp"), SCRIPT)
+
+
+def test_ddp_in_regularizer_mode_keeps_the_ranks_in_sync(tmp_path):
+    """Mode "regularizer" (fd, weight 1: the clean forward is left out of the backward): the probes' gradients
+    are all-reduced like any other, one recorded draw per step and rank."""
+    config = f"nrnn.NoiseConfig(additive=0.1, seed={SEED})"
+    assert config in SCRIPT
+    results = run_ddp(tmp_path, SCRIPT.replace(config, f"nrnn.NoiseConfig(additive=0.1, seed={SEED}, mode='regularizer')"))
+    for rank, result in enumerate(results):
+        assert result["rank"] == rank and result["global_step"] == 2 * 2 and result["draws"] == 4
+    for a, b in zip(results[0]["params"], results[1]["params"]):
+        assert torch.equal(a, b)
 
 
 def test_ddp_training_completes_on_both_ranks(ddp_results):
