@@ -614,14 +614,18 @@ def test_regularized_loss_modes() -> None:
     assert value(total) == pytest.approx(value(clean) + 0.5 + 3.0 * value(exact), rel=1e-12)
 
 
-@pytest.mark.parametrize("weight", [1.0, 0.5, 3.0])
-def test_reused_clean_loss_keeps_value_and_gradient(weight: float) -> None:
+@pytest.mark.parametrize(
+    "weight, scheme, probes", [(1.0, "euler_maruyama", 1), (0.5, "euler_maruyama", 1), (3.0, "euler_maruyama", 1),
+                               (1.0, "reference", 2), (0.5, "reference", 2)]
+)
+def test_reused_clean_loss_keeps_value_and_gradient(weight: float, scheme: str, probes: int) -> None:
     """fd in mode 'regularizer' assembles the total with L(0) at its net weight 1 - weight: the value and the
     parameter gradient are those of ``loss + weight * reg``, the returned reg keeps its own gradient, and at
-    weight 1 the backward never reaches the clean forward."""
-    problem = Problem("LSTM", "ce", (0.3, 0.4), seed=21)
+    weight 1 the backward never reaches the clean forward (also with a biased scheme's first-order term and
+    several probes)."""
+    problem = Problem("LSTM", "ce", (0.3, 0.4), scheme=scheme, seed=21)
     model, closure = problem.model, problem.closure()
-    config = problem.config.replace(mode="regularizer", regularizer_weight=weight)
+    config = problem.config.replace(mode="regularizer", regularizer_weight=weight, probes=probes)
     for rt in runtimes(model):
         rt.config = config  # registered in mode "regularizer": the model's own forward is noise-free
     params = list(model.parameters())
@@ -637,7 +641,7 @@ def test_reused_clean_loss_keeps_value_and_gradient(weight: float) -> None:
     reg_grads = torch.autograd.grad(reg, params)
 
     expected_clean = closure()
-    expected_reg = reference_fn(model, closure, "fd", clean_loss=expected_clean)
+    expected_reg = reference_fn(model, closure, "fd", probes, clean_loss=expected_clean)
     expected_total = expected_clean + weight * expected_reg
     assert value(reg) == pytest.approx(value(expected_reg), rel=1e-12)
     assert value(total) == pytest.approx(value(expected_total), rel=1e-12)
