@@ -158,9 +158,10 @@ def main(argv: list[str] | None = None) -> int:
         stem = f"regularizer_{torch.device(args.device).type}"
         if args.clock == "cpu":  # kept apart from the wall-clock table
             stem += f"_cpu_clock_{torch.get_num_threads()}_thread"
-        if MALLOC_ENV & os.environ.keys():  # glibc tuned to keep freed memory (benchmarking.py's CPU tip)
+        tuned_malloc = sorted(MALLOC_ENV & os.environ.keys())  # glibc keeps freed memory (benchmarking.py's CPU tip)
+        if tuned_malloc:
             stem += "_tuned_malloc"
-            machine += ", " + " ".join(f"{k}={os.environ[k]}" for k in sorted(MALLOC_ENV & os.environ.keys()))
+            machine += ", " + " ".join(f"{k}={os.environ[k]}" for k in tuned_malloc)
         write_csv(args.out_dir / f"{stem}.csv", rows, SPEED_COLUMNS)
         header = (f"Regularized training step (mode 'regularizer') / plain training step, B=64, T=96, H=64, input 16, "
                   f"{args.device} ({machine}), {args.clock} clock, median of interleaved rounds."

@@ -8,8 +8,8 @@ Three training steps of the same LSTM (B=64, T=96, H=64, input 16) + linear read
   Gaussian draw, and two fused LSTM passes on ``[x, +a]`` and ``[x, -a]`` (the exact additive-noise fast
   path, THEORY.md section 7) averaged and backpropagated.
 
-Rounds are interleaved; the medians of per-round ratios to ``plain`` are printed. Process CPU time with one
-thread by default (robust on a shared machine)::
+Each step is timed against ``plain`` with :func:`nrnn_plugin.benchmarking.time_pair` (interleaved rounds, median
+of per-round ratios). Process CPU time with one thread by default (robust on a shared machine)::
 
     .venv/bin/python benchmarks/lstm_regularizer_floor.py [--rounds 25] [--threads 1] [--clock cpu]
 """
@@ -17,14 +17,13 @@ thread by default (robust on a shared machine)::
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 import nrnn_plugin as nrnn
+from nrnn_plugin.benchmarking import time_pair
 from nrnn_plugin.regularizer import training_step
 
 B, T, H, INPUT = 64, 96, 64, 16
@@ -37,7 +36,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    clock = time.process_time if args.clock == "cpu" else time.perf_counter
 
     torch.manual_seed(0)
     rnn, head = nn.LSTM(INPUT, H), nn.Linear(H, 10)
@@ -73,21 +71,10 @@ def main(argv: list[str] | None = None) -> int:
         ((plus + minus) / 2).backward()
         optimizer.step()
 
-    steps = {"plain": plain, "library": library, "floor": floor}
-    for step in steps.values():
-        for _ in range(3):
-            step()
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for round_ in range(args.rounds):
-        order = list(steps.items()) if round_ % 2 == 0 else list(reversed(steps.items()))
-        for name, step in order:
-            start = clock()
-            step()
-            times[name].append(clock() - start)
     print(f"B={B} T={T} H={H} input {INPUT}, {args.threads} thread(s), {args.clock} clock, {args.rounds} rounds")
-    for name in steps:
-        ratios = [t / p for t, p in zip(times[name], times["plain"])]
-        print(f"{name:8s} {1e3 * statistics.median(times[name]):7.1f} ms   {statistics.median(ratios):.2f}x plain")
+    for name, step in (("library", library), ("floor", floor)):
+        timing = time_pair(plain, step, min_rounds=args.rounds, max_rounds=args.rounds, clock=args.clock)
+        print(f"{name:8s} {1e3 * timing.other_s:7.1f} ms   {timing.ratio:.2f}x plain ({1e3 * timing.base_s:.1f} ms)")
     return 0
 
 

@@ -187,28 +187,10 @@ def regularized_loss(
         ``1 - weight``: same value and gradient, and with ``weight = 1`` (the default) ``total.backward()``
         does not run through the clean forward at all (``total`` is then ``mean (L(+1) + L(-1)) / 2``).
     """
-    if config is None:
-        config = model_config(model)
-    elif not isinstance(config, NoiseConfig):
-        raise TypeError(f"regularized_loss: config must be a NoiseConfig or None, got {type(config).__name__}")
+    config = _step_config(model, config, "regularized_loss")
     if loss is None:
         loss = _evaluate(closure).loss
-    if not config.uses_regularizer:
-        return loss, torch.zeros((), device=loss.device, dtype=loss.dtype)
-    weight = config.regularizer_weight
-    if not _reuses_clean_loss(model, config):
-        reg = explicit_regularizer(model, closure, config.estimator, config.probes, "R+Q", config=config)
-        return loss + weight * reg, reg
-    # fd with eta = 1 is reg = mean_probes (L(+1) + L(-1)) / 2 - L(0) + (terms without L(0)). Passing L(0)
-    # detached and putting its gradient back by hand gives the same value and gradient, and lets the weight-1
-    # case (the default) skip the backward of the clean forward: L(0)'s coefficient in the total is 1 - weight.
-    clean = loss.detach()
-    reg_without_clean_grad = explicit_regularizer(
-        model, closure, "fd", config.probes, "R+Q", config=config, clean_loss=clean
-    )
-    reg = reg_without_clean_grad - (loss - clean)
-    anchor = clean if weight == 1.0 else (1.0 - weight) * loss + weight * clean
-    return anchor + weight * reg_without_clean_grad, reg
+    return _assembled_loss(model, closure, loss, config, _reuses_clean_loss(model, config))
 
 
 def training_step(
@@ -223,17 +205,46 @@ def training_step(
     ``backward``, ``optimizer.step()``. Put the model in train mode first; schedules are the caller's
     (:func:`nrnn_plugin.runtime.noise_level`).
     """
-    if config is None:
-        config = model_config(model)
+    config = _step_config(model, config, "training_step")
+    reuse = _reuses_clean_loss(model, config)
     optimizer.zero_grad(set_to_none=True)
-    # With a reused L(0) of net weight 0 in the total (see regularized_loss), its graph is never used.
-    clean_graph_unused = _reuses_clean_loss(model, config) and config.regularizer_weight == 1.0
-    with torch.no_grad() if clean_graph_unused else contextlib.nullcontext():
+    # A reused L(0) of net weight 0 in the total (see regularized_loss) needs no graph.
+    with torch.no_grad() if reuse and config.regularizer_weight == 1.0 else contextlib.nullcontext():
         loss = _evaluate(closure).loss
-    total, reg = regularized_loss(model, closure, loss=loss, config=config)
+    total, reg = _assembled_loss(model, closure, loss, config, reuse)
     total.backward()
     optimizer.step()
     return loss.detach(), reg.detach()
+
+
+def _step_config(model: nn.Module, config: NoiseConfig | None, caller: str) -> NoiseConfig:
+    if config is None:
+        return model_config(model)
+    if not isinstance(config, NoiseConfig):
+        raise TypeError(f"{caller}: config must be a NoiseConfig or None, got {type(config).__name__}")
+    return config
+
+
+def _assembled_loss(
+    model: nn.Module, closure: Closure, loss: Tensor, config: NoiseConfig, reuse: bool
+) -> tuple[Tensor, Tensor]:
+    """``(loss + weight * reg, reg)``; ``reuse``: ``loss`` is ``fd``'s ``L(0)`` (:func:`_reuses_clean_loss`)."""
+    if not config.uses_regularizer:
+        return loss, torch.zeros((), device=loss.device, dtype=loss.dtype)
+    weight = config.regularizer_weight
+    if not reuse:
+        reg = explicit_regularizer(model, closure, config.estimator, config.probes, "R+Q", config=config)
+        return loss + weight * reg, reg
+    # fd with eta = 1 is reg = mean_probes (L(+1) + L(-1)) / 2 - L(0) + (terms without L(0)). Passing L(0)
+    # detached and putting its gradient back by hand gives the same value and gradient, and lets the weight-1
+    # case (the default) skip the backward of the clean forward: L(0)'s coefficient in the total is 1 - weight.
+    clean = loss.detach()
+    reg_without_clean_grad = explicit_regularizer(
+        model, closure, "fd", config.probes, "R+Q", config=config, clean_loss=clean
+    )
+    reg = reg_without_clean_grad - (loss - clean)
+    anchor = clean if weight == 1.0 else (1.0 - weight) * loss + weight * clean
+    return anchor + weight * reg_without_clean_grad, reg
 
 
 def model_config(model: nn.Module) -> NoiseConfig:
