@@ -11,8 +11,8 @@ from typing import Any
 from torch import nn
 
 from nrnn_plugin.config import NoiseConfig
-from nrnn_plugin.hookspecs import hookimpl
 from nrnn_plugin.layers import NoisyGRU, NoisyGRUCell, NoisyLSTM, NoisyLSTMCell, NoisyRNN, NoisyRNNCell
+from nrnn_plugin.plugins import hookimpl
 
 NOISY_CLASSES: dict[type[nn.Module], type[nn.Module]] = {
     nn.RNN: NoisyRNN,
@@ -22,8 +22,6 @@ NOISY_CLASSES: dict[type[nn.Module], type[nn.Module]] = {
     nn.LSTMCell: NoisyLSTMCell,
     nn.GRUCell: NoisyGRUCell,
 }
-# Re-registering an already noisy module keeps its class.
-NOISY_CLASSES.update({noisy: noisy for noisy in list(NOISY_CLASSES.values())})
 
 
 @hookimpl
@@ -37,5 +35,5 @@ def nrnn_adapter_info() -> dict[str, Any]:
         "name": "torch",
         "available": True,
         "reason": "",
-        "handles": sorted(f"torch.nn.{cls.__name__}" for cls in NOISY_CLASSES if cls.__module__.startswith("torch")),
+        "handles": sorted(f"torch.nn.{cls.__name__}" for cls in NOISY_CLASSES),
     }

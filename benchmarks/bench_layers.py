@@ -20,8 +20,8 @@ import time
 
 import torch
 
-from nrnn_plugin import benchmarking
-from nrnn_plugin.benchmarking import CASES, LayerSize
+from nrnn_plugin.app import benchmarking
+from nrnn_plugin.app.benchmarking import CASES, LayerSize
 
 
 def _parse_ints(text: str) -> list[int]:
@@ -97,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     if args.markdown:
         with open(args.markdown, "w") as handle:
-            handle.write(f"{title}\nCommand: `python benchmarks/bench_layers.py {' '.join(sys.argv[1:] if argv is None else argv)}`\n\n{table}")
+            handle.write(
+                f"{title}\nCommand: `python benchmarks/bench_layers.py {' '.join(sys.argv[1:] if argv is None else argv)}`\n\n{table}"
+            )
     return 0
 
 

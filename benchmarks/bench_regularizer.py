@@ -39,16 +39,65 @@ RESULTS = Path(__file__).resolve().parent / "results"
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"}
 BATCHES = 8  # jet/fd estimates of the Monte Carlo table: mean and standard error over this many calls
 
-SPEED_COLUMNS = ["cell", "additive", "multiplicative", "estimator", "probes", "weight", "kernel", "plain_ms", "regularized_ms", "ratio",
-                 "ratio_min", "ratio_max", "batch", "steps", "hidden", "device", "clock"]
+SPEED_COLUMNS = [
+    "cell",
+    "additive",
+    "multiplicative",
+    "estimator",
+    "probes",
+    "weight",
+    "kernel",
+    "plain_ms",
+    "regularized_ms",
+    "ratio",
+    "ratio_min",
+    "ratio_max",
+    "batch",
+    "steps",
+    "hidden",
+    "device",
+    "clock",
+]
 
 # (name, cell, loss, (additive, multiplicative) per unit of level, scheme, dt, levels)
 MC_CASES = [
-    ("Elman tanh, cross-entropy, additive, Euler-Maruyama", nn.RNN, "ce", (1.0, 0.0), "euler_maruyama", 0.5, (1.6, 0.8, 0.4)),
+    (
+        "Elman tanh, cross-entropy, additive, Euler-Maruyama",
+        nn.RNN,
+        "ce",
+        (1.0, 0.0),
+        "euler_maruyama",
+        0.5,
+        (1.6, 0.8, 0.4),
+    ),
     ("GRU, MSE, multiplicative, Euler-Maruyama", nn.GRU, "mse", (0.0, 1.0), "euler_maruyama", 0.5, (0.8, 0.4, 0.2)),
-    ("LSTM, cross-entropy, additive + multiplicative, Euler-Maruyama", nn.LSTM, "ce", (1.0, 1.0), "euler_maruyama", 0.5, (0.8, 0.4, 0.2)),
-    ("GRU, cross-entropy, additive + multiplicative, reference scheme", nn.GRU, "ce", (1.0, 1.0), "reference", 1.0, (0.8, 0.4, 0.2)),
-    ("LSTM, MSE, additive + multiplicative, reference scheme", nn.LSTM, "mse", (1.0, 1.0), "reference", 1.0, (0.8, 0.4, 0.2)),
+    (
+        "LSTM, cross-entropy, additive + multiplicative, Euler-Maruyama",
+        nn.LSTM,
+        "ce",
+        (1.0, 1.0),
+        "euler_maruyama",
+        0.5,
+        (0.8, 0.4, 0.2),
+    ),
+    (
+        "GRU, cross-entropy, additive + multiplicative, reference scheme",
+        nn.GRU,
+        "ce",
+        (1.0, 1.0),
+        "reference",
+        1.0,
+        (0.8, 0.4, 0.2),
+    ),
+    (
+        "LSTM, MSE, additive + multiplicative, reference scheme",
+        nn.LSTM,
+        "mse",
+        (1.0, 1.0),
+        "reference",
+        1.0,
+        (0.8, 0.4, 0.2),
+    ),
 ]
 
 
@@ -77,10 +126,16 @@ def monte_carlo_rows(paths: int, probes: int) -> list[dict]:
                     values = [float(explicit_regularizer(rnn, lambda: per_sample(1)().mean(), "exact").detach())]
                 else:  # BATCHES independent calls, each averaging probes // BATCHES probes (replicated batch)
                     closure = per_sample(probes // BATCHES)
-                    values = [float(explicit_regularizer(rnn, lambda: closure().mean(), estimator).detach())
-                              for _ in range(BATCHES)]
+                    values = [
+                        float(explicit_regularizer(rnn, lambda: closure().mean(), estimator).detach())
+                        for _ in range(BATCHES)
+                    ]
                 estimate = sum(values) / len(values)
-                spread = torch.tensor(values, dtype=torch.float64).std().item() / math.sqrt(len(values)) if len(values) > 1 else 0.0
+                spread = (
+                    torch.tensor(values, dtype=torch.float64).std().item() / math.sqrt(len(values))
+                    if len(values) > 1
+                    else 0.0
+                )
                 rows.append(
                     {
                         "case": name,
@@ -105,8 +160,12 @@ def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
 
 
 def speed_markdown(rows: list[dict], header: str) -> str:
-    lines = [header, "", "| cell | noise (add, mult) | estimator | probes | weight | probe kernel | plain ms | regularized ms | ratio (min-max) |",
-             "|---|---|---|---:|---:|---|---:|---:|---:|"]
+    lines = [
+        header,
+        "",
+        "| cell | noise (add, mult) | estimator | probes | weight | probe kernel | plain ms | regularized ms | ratio (min-max) |",
+        "|---|---|---|---:|---:|---|---:|---:|---:|",
+    ]
     for r in rows:
         lines.append(
             f"| {r['cell']} | {r['additive']}, {r['multiplicative']} | {r['estimator']} | {r['probes']} | {r['weight']:g} | {r['kernel']} "
@@ -116,8 +175,12 @@ def speed_markdown(rows: list[dict], header: str) -> str:
 
 
 def mc_markdown(rows: list[dict], header: str) -> str:
-    lines = [header, "", "| case | noise (add, mult) | estimator | estimate ± s.e. | Monte Carlo ± s.e. | relative error |",
-             "|---|---|---|---:|---:|---:|"]
+    lines = [
+        header,
+        "",
+        "| case | noise (add, mult) | estimator | estimate ± s.e. | Monte Carlo ± s.e. | relative error |",
+        "|---|---|---|---:|---:|---:|",
+    ]
     for r in rows:
         estimate = f"{r['estimate']:.6f}" + (f" ± {r['estimate_stderr']:.6f}" if r["estimate_stderr"] else "")
         lines.append(
@@ -132,8 +195,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fd with 1 probe on LSTM and GRU, few repeats")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads for this run")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
-    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                        help="wall time, or process CPU time (robust on a shared machine; use with --threads 1)")
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="wall time, or process CPU time (robust on a shared machine; use with --threads 1)",
+    )
     parser.add_argument("--budget", type=float, default=6.0, help="seconds of timing per case (default 6)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS, help=f"where result files go (default {RESULTS})")
     parser.add_argument("--skip-speed", action="store_true", help="do not run the speed benchmark")
@@ -146,15 +213,25 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     command = "python benchmarks/bench_regularizer.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    machine = f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    machine = (
+        f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
 
     if not args.skip_speed:
-        timing = {"clock": args.clock, "budget_s": 1.5 if args.quick else args.budget, "min_rounds": 3 if args.quick else 5}
+        timing = {
+            "clock": args.clock,
+            "budget_s": 1.5 if args.quick else args.budget,
+            "min_rounds": 3 if args.quick else 5,
+        }
         if args.quick:
             rows = benchmark(cells=("LSTM", "GRU"), cases=(("fd", 1),), device=args.device, warmup=1, **timing)
         else:
-            rows = benchmark(cells=("LSTM", "GRU", "RNN"), cases=(("fd", 1), ("fd", 1, 0.5), ("fd", 4), ("jet", 1)),
-                             device=args.device, **timing)
+            rows = benchmark(
+                cells=("LSTM", "GRU", "RNN"),
+                cases=(("fd", 1), ("fd", 1, 0.5), ("fd", 4), ("jet", 1)),
+                device=args.device,
+                **timing,
+            )
         stem = f"regularizer_{torch.device(args.device).type}"
         if args.clock == "cpu":  # kept apart from the wall-clock table
             stem += f"_cpu_clock_{torch.get_num_threads()}_thread"
@@ -163,21 +240,34 @@ def main(argv: list[str] | None = None) -> int:
             stem += "_tuned_malloc"
             machine += ", " + " ".join(f"{k}={os.environ[k]}" for k in tuned_malloc)
         write_csv(args.out_dir / f"{stem}.csv", rows, SPEED_COLUMNS)
-        header = (f"Regularized training step (mode 'regularizer') / plain training step, B=64, T=96, H=64, input 16, "
-                  f"{args.device} ({machine}), {args.clock} clock, median of interleaved rounds."
-                  f"\n\nCommand: `{command.strip()}`")
+        header = (
+            f"Regularized training step (mode 'regularizer') / plain training step, B=64, T=96, H=64, input 16, "
+            f"{args.device} ({machine}), {args.clock} clock, median of interleaved rounds."
+            f"\n\nCommand: `{command.strip()}`"
+        )
         text = speed_markdown(rows, header)
         (args.out_dir / f"{stem}.md").write_text(text)
         print(text)
 
     if args.monte_carlo:
         rows = monte_carlo_rows(args.paths, args.probes)
-        columns = ["case", "additive", "multiplicative", "estimator", "estimate", "estimate_stderr", "monte_carlo", "stderr",
-                   "relative_error"]
+        columns = [
+            "case",
+            "additive",
+            "multiplicative",
+            "estimator",
+            "estimate",
+            "estimate_stderr",
+            "monte_carlo",
+            "stderr",
+            "relative_error",
+        ]
         write_csv(args.out_dir / "regularizer_mc.csv", rows, columns)
-        header = (f"Estimated E[loss_noisy] - loss_clean vs antithetic Monte Carlo ({args.paths} x 4 paths), float64, "
-                  f"T=6, B=4, H=4. jet/fd: mean ± s.e. of {BATCHES} calls averaging {args.probes // BATCHES} probes each "
-                  f"(fd: eta=1); relative error = |estimate - MC| / MC.\n\nCommand: `{command.strip()}`")
+        header = (
+            f"Estimated E[loss_noisy] - loss_clean vs antithetic Monte Carlo ({args.paths} x 4 paths), float64, "
+            f"T=6, B=4, H=4. jet/fd: mean ± s.e. of {BATCHES} calls averaging {args.probes // BATCHES} probes each "
+            f"(fd: eta=1); relative error = |estimate - MC| / MC.\n\nCommand: `{command.strip()}`"
+        )
         text = mc_markdown(rows, header)
         (args.out_dir / "regularizer_mc.md").write_text(text)
         print(text)

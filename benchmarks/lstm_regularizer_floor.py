@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import nrnn_plugin as nrnn
-from nrnn_plugin.benchmarking import time_pair
+from nrnn_plugin.app.benchmarking import time_pair
 from nrnn_plugin.regularizer import training_step
 
 B, T, H, INPUT = 64, 96, 64, 16

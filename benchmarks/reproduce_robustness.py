@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import nrnn_plugin as nrnn
-from nrnn_plugin.nrnn import NRNN
+from nrnn_plugin.layers.nrnn import NRNN
 from nrnn_plugin.robustness import evaluate, plot_robustness, summarize
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -115,8 +115,14 @@ def load_digits_dataset(quick: bool) -> Dataset:
     mean, std = X[train].mean(), X[train].std()  # normalisation from the training split only
     X = (X - mean) / std
     return Dataset(
-        "digits", _tensors(X[train], y[train]), _tensors(X[val], y[val]), _tensors(X[test], y[test]), 10,
-        epochs=3 if quick else 30, batch_size=128, patience=3 if quick else 8,
+        "digits",
+        _tensors(X[train], y[train]),
+        _tensors(X[val], y[val]),
+        _tensors(X[test], y[test]),
+        10,
+        epochs=3 if quick else 30,
+        batch_size=128,
+        patience=3 if quick else 8,
     )
 
 
@@ -136,8 +142,15 @@ def load_ucr_dataset(name: str, quick: bool) -> Dataset:
     X_tr, X_te = X_tr.transpose(0, 2, 1), X_te.transpose(0, 2, 1)  # [N, T, C]
     train, val = _stratified_split(y_tr, 0.2, seed=1)
     return Dataset(
-        name, _tensors(X_tr[train], y_tr[train]), _tensors(X_tr[val], y_tr[val]), _tensors(X_te, y_te), len(labels),
-        epochs=5 if quick else 80, batch_size=8, patience=3 if quick else 15, min_epochs=0 if quick else 40,
+        name,
+        _tensors(X_tr[train], y_tr[train]),
+        _tensors(X_tr[val], y_tr[val]),
+        _tensors(X_te, y_te),
+        len(labels),
+        epochs=5 if quick else 80,
+        batch_size=8,
+        patience=3 if quick else 15,
+        min_epochs=0 if quick else 40,
     )
 
 
@@ -216,7 +229,12 @@ def build_model(kind: str, data: Dataset, seed: int) -> nn.Module:
     else:
         raise ValueError(f"unknown model {kind!r}; known: {MODELS}")
     model = SequenceClassifier(rnn, data.classes)
-    level = {"+noise(small)": "small", "+noise(large)": "large", "(small noise)": "nrnn_small", "(high noise)": "nrnn_high"}
+    level = {
+        "+noise(small)": "small",
+        "+noise(large)": "large",
+        "(small noise)": "nrnn_small",
+        "(high noise)": "nrnn_high",
+    }
     for suffix, key in level.items():
         if kind.endswith(suffix):
             nrnn.register_noise(model, configs[key])
@@ -281,7 +299,10 @@ def classification_job(job: tuple[str, str, int, bool]) -> tuple[pd.DataFrame, d
     grid = {k: v[:2] for k, v in GRID.items()} if quick else GRID
     results = evaluate({kind: model}, data.test, perturbations=grid, seeds=[seed], pgd_steps=PGD_STEPS, batch_size=2048)
     info.update(
-        dataset=dataset_name, model=kind, seed=seed, eval_seconds=time.perf_counter() - start,
+        dataset=dataset_name,
+        model=kind,
+        seed=seed,
+        eval_seconds=time.perf_counter() - start,
         cpu_seconds=time.process_time() - cpu_start,
     )
     return results.assign(dataset=dataset_name), info
@@ -356,7 +377,7 @@ def forecasting_job(job: tuple[str, int, bool]) -> tuple[pd.DataFrame, dict]:
     from pytorch_forecasting import RecurrentNetwork
 
     from nrnn_plugin import NoisyRNNCallback
-    from nrnn_plugin.adapters.forecasting_nrnn import use_nrnn
+    from nrnn_plugin.adapters.forecasting.nrnn import use_nrnn
 
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.ERROR)
@@ -371,7 +392,11 @@ def forecasting_job(job: tuple[str, int, bool]) -> tuple[pd.DataFrame, dict]:
     callbacks = [best, pl.callbacks.EarlyStopping("val_loss", patience=6)]
     if kind.endswith("+noise"):
         scheme = "reference" if kind.startswith("NRNN") else "euler_maruyama"
-        callbacks.append(NoisyRNNCallback(nrnn.NoiseConfig(additive=s["add_high"], multiplicative=s["mult"], scheme=scheme, seed=seed)))
+        callbacks.append(
+            NoisyRNNCallback(
+                nrnn.NoiseConfig(additive=s["add_high"], multiplicative=s["mult"], scheme=scheme, seed=seed)
+            )
+        )
     trainer = pl.Trainer(
         max_epochs=2 if quick else 25,
         accelerator="cpu",
@@ -401,8 +426,13 @@ def forecasting_job(job: tuple[str, int, bool]) -> tuple[pd.DataFrame, dict]:
         warnings.simplefilter("ignore")
         results = evaluate({kind: model}, loader, perturbations=grid, seeds=[seed], pgd_steps=PGD_STEPS)
     info = {
-        "dataset": "co2", "model": kind, "seed": seed, "best_epoch": best.epoch + 1, "val_loss": best.best,
-        "train_seconds": train_seconds, "eval_seconds": time.perf_counter() - start,
+        "dataset": "co2",
+        "model": kind,
+        "seed": seed,
+        "best_epoch": best.epoch + 1,
+        "val_loss": best.best,
+        "train_seconds": train_seconds,
+        "eval_seconds": time.perf_counter() - start,
         "cpu_seconds": time.process_time() - cpu_start,
     }
     return results.assign(dataset="co2"), info
@@ -445,8 +475,15 @@ def robustness_table(results: pd.DataFrame, metric: str, models: list[str], scal
 
 
 def write_report(
-    classification: pd.DataFrame, infos: pd.DataFrame, forecasting: pd.DataFrame | None, f_infos: pd.DataFrame | None,
-    command: str, wall: float, seeds: list[int], forecast_note: str, jobs: int,
+    classification: pd.DataFrame,
+    infos: pd.DataFrame,
+    forecasting: pd.DataFrame | None,
+    f_infos: pd.DataFrame | None,
+    command: str,
+    wall: float,
+    seeds: list[int],
+    forecast_note: str,
+    jobs: int,
 ) -> str:
     parts = [
         "# Robustness reproduction (generated by `benchmarks/reproduce_robustness.py`)",
@@ -471,7 +508,7 @@ def write_report(
         "",
         f"Settings: hidden size {HIDDEN}, one layer, Adam lr {LR:g}, gradient clipping 1.0, last hidden state -> linear "
         "head. LSTM/GRU noise: Euler-Maruyama, `NoiseConfig(additive=a, multiplicative=0.02)` with the per-step levels "
-        "below (small / large). NRNN: learned step, `scheme=\"reference\"` (the research code's update), the same "
+        'below (small / large). NRNN: learned step, `scheme="reference"` (the research code\'s update), the same '
         "levels as the paper's small (0.02, 0.02) / high (0.05, 0.02) noise rescaled to the sequence length "
         "(`nrnn_settings`). Lipschitz and Antisymmetric RNN: fixed step dt, no noise; beta=0.75 (Lipschitz), gamma=0.001, "
         "init_std=0.1. Per data set: " + "; ".join(settings) + ".",
@@ -505,6 +542,7 @@ def _forecasting_available() -> tuple[bool, str]:
     try:
         import lightning.pytorch  # noqa: F401
         import pytorch_forecasting  # noqa: F401
+
         from nrnn_plugin import NoisyRNNCallback  # noqa: F401
         from nrnn_plugin.plugins import plugin_report
 
@@ -512,8 +550,14 @@ def _forecasting_available() -> tuple[bool, str]:
     except ImportError as exc:
         return False, f"Forecasting part skipped: {exc}."
     if "forecasting" not in names:
-        return False, "Forecasting part skipped: the pytorch-forecasting adapter (entry point 'forecasting') is not loaded."
-    return True, "Noise in training via `NoisyRNNCallback` (pytorch-forecasting adapter for the LSTM, nrnn adapter for the NRNN)."
+        return (
+            False,
+            "Forecasting part skipped: the pytorch-forecasting adapter (entry point 'forecasting') is not loaded.",
+        )
+    return (
+        True,
+        "Noise in training via `NoisyRNNCallback` (pytorch-forecasting adapter for the LSTM, nrnn adapter for the NRNN).",
+    )
 
 
 def _expected_cost(dataset: str, model: str) -> float:
@@ -538,24 +582,32 @@ def main(argv: list[str] | None = None) -> int:
 
     jobs_c = [(d, m, s, args.quick) for d in args.datasets for m in args.models for s in seeds]
     jobs_c.sort(key=lambda job: -_expected_cost(job[0], job[1]))  # longest first: better load balance
-    ok, forecast_note = (False, "Forecasting part skipped (--no-forecasting).") if args.no_forecasting else _forecasting_available()
+    ok, forecast_note = (
+        (False, "Forecasting part skipped (--no-forecasting).") if args.no_forecasting else _forecasting_available()
+    )
     jobs_f = [(m, s, args.quick) for m in FORECAST_MODELS for s in seeds] if ok else []
 
     frames, infos, f_frames, f_infos = [], [], [], []
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         f_futures = [pool.submit(forecasting_job, j) for j in jobs_f]
-        for (frame, info) in pool.map(classification_job, jobs_c):
+        for frame, info in pool.map(classification_job, jobs_c):
             frames.append(frame)
             infos.append(info)
-            print(f"[{time.perf_counter() - start:6.0f}s] {info['dataset']:>16} {info['model']:<20} seed {info['seed']} "
-                  f"val {info['val_accuracy']:.3f} epoch {info['best_epoch']} ({info['train_seconds']:.0f}s + "
-                  f"{info['eval_seconds']:.0f}s)", flush=True)
+            print(
+                f"[{time.perf_counter() - start:6.0f}s] {info['dataset']:>16} {info['model']:<20} seed {info['seed']} "
+                f"val {info['val_accuracy']:.3f} epoch {info['best_epoch']} ({info['train_seconds']:.0f}s + "
+                f"{info['eval_seconds']:.0f}s)",
+                flush=True,
+            )
         for future in f_futures:
             frame, info = future.result()
             f_frames.append(frame)
             f_infos.append(info)
-            print(f"[{time.perf_counter() - start:6.0f}s] co2 {info['model']:<12} seed {info['seed']} "
-                  f"({info['train_seconds']:.0f}s + {info['eval_seconds']:.0f}s)", flush=True)
+            print(
+                f"[{time.perf_counter() - start:6.0f}s] co2 {info['model']:<12} seed {info['seed']} "
+                f"({info['train_seconds']:.0f}s + {info['eval_seconds']:.0f}s)",
+                flush=True,
+            )
     wall = time.perf_counter() - start
 
     out = args.out
@@ -568,16 +620,26 @@ def main(argv: list[str] | None = None) -> int:
         part = classification[classification.dataset == dataset]
         part.drop(columns="dataset").round({"value": 4}).to_csv(out / f"robustness_raw_{dataset}.csv", index=False)
         models = [m for m in MODELS if m in set(part.model)]
-        plot_robustness(part.drop(columns="dataset"), out / f"robustness_{dataset}.png", models=models,
-                        title=f"{dataset}: test accuracy under input perturbations (mean ± std over {len(seeds)} seeds)")
+        plot_robustness(
+            part.drop(columns="dataset"),
+            out / f"robustness_{dataset}.png",
+            models=models,
+            title=f"{dataset}: test accuracy under input perturbations (mean ± std over {len(seeds)} seeds)",
+        )
     info_frame.round(4).to_csv(out / "robustness_training.csv", index=False)
     if forecasting is not None:
         forecasting.drop(columns="dataset").round({"value": 5}).to_csv(out / "robustness_raw_co2.csv", index=False)
         f_info.round(4).to_csv(out / "robustness_training_co2.csv", index=False)
-        plot_robustness(forecasting.drop(columns="dataset"), out / "robustness_co2.png", metric="mae",
-                        models=[m for m in FORECAST_MODELS if m in set(forecasting.model)],
-                        title=f"CO2 forecasting: test MAE under encoder-input perturbations ({len(seeds)} seeds)")
-    report = write_report(classification, info_frame, forecasting, f_info, command, wall, seeds, forecast_note, args.jobs)
+        plot_robustness(
+            forecasting.drop(columns="dataset"),
+            out / "robustness_co2.png",
+            metric="mae",
+            models=[m for m in FORECAST_MODELS if m in set(forecasting.model)],
+            title=f"CO2 forecasting: test MAE under encoder-input perturbations ({len(seeds)} seeds)",
+        )
+    report = write_report(
+        classification, info_frame, forecasting, f_info, command, wall, seeds, forecast_note, args.jobs
+    )
     (out / "robustness_summary.md").write_text(report)
     print(report)
     return 0

@@ -71,7 +71,9 @@ def train(model_name: str, noise: dict | None, sets, epochs: int, seed: int, wor
         cls, kwargs = DeepAR, {}
     else:
         cls, kwargs = RecurrentNetwork, {"loss": MAE()}
-    model = cls.from_dataset(training, cell_type="LSTM", hidden_size=32, rnn_layers=1, dropout=0.0, learning_rate=1e-2, **kwargs)
+    model = cls.from_dataset(
+        training, cell_type="LSTM", hidden_size=32, rnn_layers=1, dropout=0.0, learning_rate=1e-2, **kwargs
+    )
     best = pl.callbacks.ModelCheckpoint(dirpath=workdir, monitor="val_loss", mode="min", save_top_k=1)
     callbacks = [best]
     if noise is not None:
@@ -96,7 +98,8 @@ def train(model_name: str, noise: dict | None, sets, epochs: int, seed: int, wor
 @torch.no_grad()
 def evaluate(model, test, noise: dict | None, seed: int) -> dict[str, float]:
     import nrnn_plugin as nrnn
-    from nrnn_plugin.inference import forecast_samples, quantiles
+    from nrnn_plugin.adapters.forecasting import forecast_samples
+    from nrnn_plugin.inference import quantiles
 
     loader = test.to_dataloader(train=False, batch_size=256, num_workers=0)
     model.eval()
@@ -152,12 +155,16 @@ def main() -> None:
         seconds = (time.perf_counter() - started) / args.seeds
         rows.append((name, scores, seconds))
 
-    print(f"\n{args.model}, {args.epochs} epochs, seeds 0..{args.seeds - 1}: test windows (mean ± std over seeds, ppm)\n")
+    print(
+        f"\n{args.model}, {args.epochs} epochs, seeds 0..{args.seeds - 1}: test windows (mean ± std over seeds, ppm)\n"
+    )
     print("| training | test MAE | test RMSE | 80% band coverage | 80% band width | s / run |")
     print("|---|---|---|---|---|---|")
     for name, scores, seconds in rows:
         cell = lambda key: (  # noqa: E731
-            f"{np.mean([s[key] for s in scores]):.3f} ± {np.std([s[key] for s in scores]):.3f}" if key in scores[0] else "-"
+            f"{np.mean([s[key] for s in scores]):.3f} ± {np.std([s[key] for s in scores]):.3f}"
+            if key in scores[0]
+            else "-"
         )
         print(f"| {name} | {cell('mae')} | {cell('rmse')} | {cell('coverage80')} | {cell('width80')} | {seconds:.0f} |")
 

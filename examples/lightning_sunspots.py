@@ -84,7 +84,9 @@ class SunspotData(pl.LightningDataModule):
 
 def _windows(series: np.ndarray) -> TensorDataset:
     x = np.stack([series[i : i + WINDOW] for i in range(len(series) - WINDOW)])
-    return TensorDataset(torch.tensor(x, dtype=torch.float32).unsqueeze(-1), torch.tensor(series[WINDOW:], dtype=torch.float32))
+    return TensorDataset(
+        torch.tensor(x, dtype=torch.float32).unsqueeze(-1), torch.tensor(series[WINDOW:], dtype=torch.float32)
+    )
 
 
 def run(noise: dict | None, epochs: int, seed: int) -> float:
@@ -96,8 +98,13 @@ def run(noise: dict | None, epochs: int, seed: int) -> float:
     if noise is not None:
         callbacks.append(nrnn.NoisyRNNCallback(nrnn.NoiseConfig(seed=seed, **noise)))  # <- the Noisy-RNN line
     trainer = pl.Trainer(
-        max_epochs=epochs, accelerator="cpu", callbacks=callbacks, logger=False,
-        enable_progress_bar=False, enable_model_summary=False, default_root_dir="lightning_logs",
+        max_epochs=epochs,
+        accelerator="cpu",
+        callbacks=callbacks,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir="lightning_logs",
     )
     data = SunspotData()
     trainer.fit(SunspotForecaster(), datamodule=data)
@@ -115,7 +122,9 @@ def main() -> None:
     configs = {
         "plain": None,
         "noise 0.1/0.05, cosine warm-up": {
-            "additive": 0.1, "multiplicative": 0.05, "schedule": {"kind": "cosine", "warmup": 100},
+            "additive": 0.1,
+            "multiplicative": 0.05,
+            "schedule": {"kind": "cosine", "warmup": 100},
         },
         "explicit regularizer only": {"additive": 0.1, "multiplicative": 0.05, "mode": "regularizer"},
         "noise + regularizer": {"additive": 0.1, "multiplicative": 0.05, "mode": "both", "regularizer_weight": 0.5},

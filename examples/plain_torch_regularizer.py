@@ -48,7 +48,10 @@ def load(test_size: int = 397) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     labels = torch.tensor(digits.target)
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
     images, labels = images[order].permute(1, 0, 2), labels[order]  # time-major [8, N, 8]
-    return {"train": (images[:, :-test_size], labels[:-test_size]), "test": (images[:, -test_size:], labels[-test_size:])}
+    return {
+        "train": (images[:, :-test_size], labels[:-test_size]),
+        "test": (images[:, -test_size:], labels[-test_size:]),
+    }
 
 
 def train(config: nrnn.NoiseConfig | None, data, epochs: int, seed: int = 0) -> Classifier:

@@ -86,7 +86,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     args = parser.parse_args()
     data = load()
-    configs = {"deterministic": None, "noisy (add 0.1, mult 0.05)": nrnn.NoiseConfig(additive=0.1, multiplicative=0.05, seed=0)}
+    configs = {
+        "deterministic": None,
+        "noisy (add 0.1, mult 0.05)": nrnn.NoiseConfig(additive=0.1, multiplicative=0.05, seed=0),
+    }
     print(f"{'model':28s} {'test MSE':>16s} {'MSE, inputs + N(0, 0.3^2)':>28s}")
     for name, cfg in configs.items():
         clean, perturbed = [], []
@@ -94,7 +97,10 @@ def main() -> None:
             model = train(cfg, data, args.epochs, seed)
             clean.append(evaluate(model, *data["test"]))
             perturbed.append(np.mean([evaluate(model, *data["test"], input_noise=0.3, seed=s) for s in range(5)]))
-        print(f"{name:28s} {np.mean(clean):8.4f} ± {np.std(clean):.4f} {np.mean(perturbed):19.4f} ± {np.std(perturbed):.4f}")
+        print(
+            f"{name:28s} {np.mean(clean):8.4f} ± {np.std(clean):.4f} "
+            f"{np.mean(perturbed):19.4f} ± {np.std(perturbed):.4f}"
+        )
 
 
 if __name__ == "__main__":

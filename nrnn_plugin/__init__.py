@@ -8,17 +8,25 @@ pytorch-forecasting are imported by the pieces that use them.
 >>> import nrnn_plugin as nrnn
 >>> cfg = nrnn.NoiseConfig(additive=0.05, multiplicative=0.02, seed=0)
 >>> model = nrnn.register_noise(torch.nn.LSTM(8, 32), cfg)   # doctest: +SKIP
+
+The rooms of the package and what each may import are drawn in ``docs/design.md``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from nrnn_plugin.config import NoiseConfig, Schedule
-from nrnn_plugin.hookspecs import hookimpl
+from nrnn_plugin.plugins.hookspecs import hookimpl
 from nrnn_plugin.swap import is_noisy, noisy_modules, register_noise, remove_noise
 
-__version__ = "0.1.0"
+if TYPE_CHECKING:
+    from nrnn_plugin.integrations.lightning import NoisyRNNCallback
+    from nrnn_plugin.layers.nrnn import NRNN
+    from nrnn_plugin.regularizer import explicit_regularizer
+
+__version__ = "0.2.0"
 
 __all__ = [
     "NoiseConfig",
@@ -36,15 +44,13 @@ __all__ = [
 # Public names defined in modules that are imported on first use (optional dependencies, heavier code).
 _LAZY = {
     "explicit_regularizer": ("nrnn_plugin.regularizer", "explicit_regularizer"),
-    "NoisyRNNCallback": ("nrnn_plugin.lightning", "NoisyRNNCallback"),
-    "NRNN": ("nrnn_plugin.nrnn", "NRNN"),
+    "NoisyRNNCallback": ("nrnn_plugin.integrations.lightning", "NoisyRNNCallback"),
+    "NRNN": ("nrnn_plugin.layers.nrnn", "NRNN"),
 }
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        import importlib
-
         module_name, attr = _LAZY[name]
         value = getattr(importlib.import_module(module_name), attr)
         globals()[name] = value
@@ -53,4 +59,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    return sorted([*__all__, "__version__"])

@@ -1,8 +1,8 @@
-"""``python -m nrnn_plugin``: the ``nrnn`` command line (see :mod:`nrnn_plugin.cli`)."""
+"""``python -m nrnn_plugin``: the ``nrnn`` command line (see :mod:`nrnn_plugin.app.cli`)."""
 
 import sys
 
-from nrnn_plugin.cli import main
+from nrnn_plugin.app.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -5,7 +5,7 @@ dataclass validated on construction: every invalid value raises ``ValueError`` o
 field, the allowed values and the value received, and unknown keys in :meth:`NoiseConfig.from_dict`,
 :meth:`NoiseConfig.from_yaml` and :meth:`NoiseConfig.from_env` are errors, not warnings.
 
-The noise model (THEORY.md section 1) for a recurrent state ``h`` with cell map ``Psi``::
+The noise model (``docs/method.md``) for a recurrent state ``h`` with cell map ``Psi``::
 
     h_{k+1} = Psi(h_k, x_k) + sqrt(dt) * (additive * xi_k + multiplicative * h_k * xi'_k)
 
@@ -25,7 +25,17 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-__all__ = ["NoiseConfig", "Schedule", "SCHEMES", "TARGETS", "MODES", "ESTIMATORS"]
+from nrnn_plugin.validation import (
+    check_bool,
+    check_choice,
+    check_int,
+    check_names,
+    check_real,
+    expected,
+    reject_unknown,
+)
+
+__all__ = ["NoiseConfig", "Schedule", "SCHEMES", "TARGETS", "MODES", "ESTIMATORS", "yaml_loader"]
 
 SCHEMES = ("euler_maruyama", "milstein", "reference")
 TARGETS = ("h", "c", "both")
@@ -39,65 +49,6 @@ _ENV_PREFIX = "NRNN_"
 _ENV_RESERVED_PREFIXES = ("NRNN_PLUGIN_",)
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
-
-
-def _field_error(owner: str, name: str, allowed: str, value: Any, exc: type[Exception] = ValueError) -> Exception:
-    return exc(f"{owner}.{name}: expected {allowed}, got {value!r}")
-
-
-def _check_real(owner: str, name: str, value: Any, *, minimum: float, strict: bool, maximum: float | None = None) -> float:
-    bound = f"> {minimum}" if strict else f">= {minimum}"
-    allowed = f"a finite number {bound}" + (f" and <= {maximum}" if maximum is not None else "")
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _field_error(owner, name, allowed, value, TypeError)
-    value = float(value)
-    if not math.isfinite(value) or value < minimum or (strict and value == minimum):
-        raise _field_error(owner, name, allowed, value)
-    if maximum is not None and value > maximum:
-        raise _field_error(owner, name, allowed, value)
-    return value
-
-
-def _check_int(owner: str, name: str, value: Any, *, minimum: int) -> int:
-    allowed = f"an integer >= {minimum}"
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _field_error(owner, name, allowed, value, TypeError)
-    if value < minimum:
-        raise _field_error(owner, name, allowed, value)
-    return value
-
-
-def _check_choice(owner: str, name: str, value: Any, choices: tuple[str, ...]) -> str:
-    allowed = "one of " + ", ".join(repr(c) for c in choices)
-    if not isinstance(value, str):
-        raise _field_error(owner, name, allowed, value, TypeError)
-    if value not in choices:
-        raise _field_error(owner, name, allowed, value)
-    return value
-
-
-def _check_bool(owner: str, name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise _field_error(owner, name, "True or False", value, TypeError)
-    return value
-
-
-def _check_patterns(owner: str, name: str, value: Any) -> tuple[str, ...]:
-    allowed = "a list of module-name patterns (strings, fnmatch syntax)"
-    if isinstance(value, str):
-        value = (value,)
-    if not isinstance(value, (list, tuple)):
-        raise _field_error(owner, name, allowed, value, TypeError)
-    for item in value:
-        if not isinstance(item, str) or not item:
-            raise _field_error(owner, name, allowed, value, TypeError)
-    return tuple(value)
-
-
-def _reject_unknown(owner: str, data: Mapping[str, Any], known: tuple[str, ...]) -> None:
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise ValueError(f"{owner}: unknown key(s) {unknown}; allowed keys are {sorted(known)}")
 
 
 @dataclass(frozen=True)
@@ -117,11 +68,12 @@ class Schedule:
 
     def __post_init__(self) -> None:
         owner = "NoiseConfig.schedule"
-        _check_choice(owner, "kind", self.kind, SCHEDULE_KINDS)
-        _check_int(owner, "warmup", self.warmup, minimum=0)
-        _check_int(owner, "decay", self.decay, minimum=0)
-        object.__setattr__(self, "final", _check_real(owner, "final", self.final, minimum=0.0, strict=False, maximum=1.0))
-        _check_choice(owner, "interval", self.interval, SCHEDULE_INTERVALS)
+        set_ = functools.partial(object.__setattr__, self)  # frozen dataclass
+        check_choice(f"{owner}.kind", self.kind, SCHEDULE_KINDS)
+        set_("warmup", check_int(f"{owner}.warmup", self.warmup, minimum=0))
+        set_("decay", check_int(f"{owner}.decay", self.decay, minimum=0))
+        set_("final", check_real(f"{owner}.final", self.final, minimum=0.0, maximum=1.0))
+        check_choice(f"{owner}.interval", self.interval, SCHEDULE_INTERVALS)
         if self.kind == "constant" and (self.warmup or self.decay):
             raise ValueError(
                 f"{owner}: kind 'constant' takes no warmup or decay (got warmup={self.warmup}, "
@@ -150,8 +102,8 @@ class Schedule:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Schedule:
         if not isinstance(data, Mapping):
-            raise _field_error("NoiseConfig", "schedule", "a mapping of schedule fields", data, TypeError)
-        _reject_unknown("NoiseConfig.schedule", data, tuple(f.name for f in fields(cls)))
+            raise expected("NoiseConfig.schedule", "a mapping of schedule fields", data, TypeError)
+        reject_unknown("NoiseConfig.schedule", data, [f.name for f in fields(cls)])
         return cls(**data)
 
 
@@ -164,7 +116,7 @@ class NoiseConfig:
         multiplicative: ``sigma_mult >= 0``, the multiplicative (state-proportional) diffusion coefficient.
         dt: the SDE step ``> 0``; noise is scaled by ``sqrt(dt)`` (Euler-Maruyama, Milstein).
         scheme: ``"euler_maruyama"`` (default, Ito), ``"milstein"`` (strong order 1; one Gaussian per unit
-            drives both parts) or ``"reference"`` (the public research code's scheme, THEORY.md section 1).
+            drives both parts) or ``"reference"`` (the public research code's scheme, ``docs/method.md``).
         target: which LSTM state is noised: ``"h"``, ``"c"`` or ``"both"``. GRU and Elman cells have ``h`` only.
         shared_multiplicative: one Brownian factor per sample for the multiplicative part (all units share it).
         seed: seed of the noise streams; ``None`` derives it from ``torch.initial_seed()`` (read, never set).
@@ -174,7 +126,7 @@ class NoiseConfig:
         include / exclude: ``fnmatch`` patterns on qualified module names (``"encoder.*"``); an empty
             ``include`` means every supported recurrent module.
 
-    Training mode (explicit regularizer, THEORY.md section 3):
+    Training mode (explicit regularizer, ``docs/regularizer.md``):
         mode: ``"noise"`` injects noise, ``"regularizer"`` trains noise-free with ``loss + weight * reg``,
             ``"both"`` does both.
         regularizer_weight: ``>= 0`` multiplier of the explicit regularizer.
@@ -200,30 +152,28 @@ class NoiseConfig:
     schedule: Schedule = field(default_factory=Schedule)
 
     def __post_init__(self) -> None:
-        owner = "NoiseConfig"
-        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen dataclass)
-        set_("additive", _check_real(owner, "additive", self.additive, minimum=0.0, strict=False))
-        set_("multiplicative", _check_real(owner, "multiplicative", self.multiplicative, minimum=0.0, strict=False))
-        set_("dt", _check_real(owner, "dt", self.dt, minimum=0.0, strict=True))
-        _check_choice(owner, "scheme", self.scheme, SCHEMES)
-        _check_choice(owner, "target", self.target, TARGETS)
-        _check_bool(owner, "shared_multiplicative", self.shared_multiplicative)
+        set_ = functools.partial(object.__setattr__, self)  # frozen dataclass
+        key = "NoiseConfig.{}".format
+        set_("additive", check_real(key("additive"), self.additive, minimum=0.0))
+        set_("multiplicative", check_real(key("multiplicative"), self.multiplicative, minimum=0.0))
+        set_("dt", check_real(key("dt"), self.dt, minimum=0.0, strict=True))
+        check_choice(key("scheme"), self.scheme, SCHEMES)
+        check_choice(key("target"), self.target, TARGETS)
+        set_("shared_multiplicative", check_bool(key("shared_multiplicative"), self.shared_multiplicative))
         if self.seed is not None:
-            _check_int(owner, "seed", self.seed, minimum=0)
-        _check_bool(owner, "enabled", self.enabled)
-        set_("include", _check_patterns(owner, "include", self.include))
-        set_("exclude", _check_patterns(owner, "exclude", self.exclude))
-        _check_choice(owner, "mode", self.mode, MODES)
-        set_(
-            "regularizer_weight",
-            _check_real(owner, "regularizer_weight", self.regularizer_weight, minimum=0.0, strict=False),
-        )
-        _check_choice(owner, "estimator", self.estimator, ESTIMATORS)
-        _check_int(owner, "probes", self.probes, minimum=1)
+            set_("seed", check_int(key("seed"), self.seed, minimum=0))
+        set_("enabled", check_bool(key("enabled"), self.enabled))
+        patterns = "module-name patterns (strings, fnmatch syntax)"
+        set_("include", check_names(key("include"), self.include, what=patterns))
+        set_("exclude", check_names(key("exclude"), self.exclude, what=patterns))
+        check_choice(key("mode"), self.mode, MODES)
+        set_("regularizer_weight", check_real(key("regularizer_weight"), self.regularizer_weight, minimum=0.0))
+        check_choice(key("estimator"), self.estimator, ESTIMATORS)
+        set_("probes", check_int(key("probes"), self.probes, minimum=1))
         if isinstance(self.schedule, Mapping):
             set_("schedule", Schedule.from_dict(self.schedule))
         elif not isinstance(self.schedule, Schedule):
-            raise _field_error(owner, "schedule", "a Schedule or a mapping of schedule fields", self.schedule, TypeError)
+            raise expected(key("schedule"), "a Schedule or a mapping of schedule fields", self.schedule, TypeError)
         if self.scheme == "milstein" and self.shared_multiplicative:
             raise ValueError(
                 "NoiseConfig.shared_multiplicative: expected False with scheme='milstein' (Milstein needs one "
@@ -264,7 +214,7 @@ class NoiseConfig:
         """Build from a mapping of field names; unknown keys raise ``ValueError``."""
         if not isinstance(data, Mapping):
             raise TypeError(f"NoiseConfig.from_dict: expected a mapping of config fields, got {data!r}")
-        _reject_unknown("NoiseConfig", data, tuple(f.name for f in fields(cls)))
+        reject_unknown("NoiseConfig", data, [f.name for f in fields(cls)])
         return cls(**dict(data))
 
     @classmethod
@@ -282,9 +232,7 @@ class NoiseConfig:
         return cls.from_dict(data)
 
     @classmethod
-    def from_env(
-        cls, environ: Mapping[str, str] | None = None, *, base: NoiseConfig | None = None
-    ) -> NoiseConfig:
+    def from_env(cls, environ: Mapping[str, str] | None = None, *, base: NoiseConfig | None = None) -> NoiseConfig:
         """Build from ``NRNN_*`` environment variables (``NRNN_ADDITIVE=0.05``, ``NRNN_ENABLED=0``, ...).
 
         ``NRNN_CONFIG`` names a YAML file read first; individual variables override it and ``base``.
@@ -305,9 +253,9 @@ class NoiseConfig:
         for var, raw in sorted(env.items()):
             if not var.startswith(_ENV_PREFIX) or var.startswith(_ENV_RESERVED_PREFIXES):
                 continue
-            name = var[len(_ENV_PREFIX):].lower()
-            if name.startswith("schedule_") and name[len("schedule_"):] in schedule_fields:
-                sub = name[len("schedule_"):]
+            name = var[len(_ENV_PREFIX) :].lower()
+            if name.startswith("schedule_") and name[len("schedule_") :] in schedule_fields:
+                sub = name[len("schedule_") :]
                 schedule[sub] = _parse_env_value(var, raw, Schedule.__dataclass_fields__[sub].type)
             elif name in top_fields:
                 data[name] = _parse_env_value(var, raw, top_fields[name].type)
@@ -327,7 +275,7 @@ def _read_yaml(path: str | os.PathLike[str]) -> Any:
     """The parsed YAML file (safe loading; ``1e-3`` is a number); ``{}`` for an empty file."""
     import yaml
 
-    return yaml.load(Path(path).read_text(), Loader=_float_aware_safe_loader()) or {}
+    return yaml.load(Path(path).read_text(), Loader=yaml_loader()) or {}
 
 
 def _parse_env_value(var: str, raw: str, annotation: Any) -> Any:
@@ -359,8 +307,9 @@ def _parse_env_value(var: str, raw: str, annotation: Any) -> Any:
 
 
 @functools.lru_cache(maxsize=1)
-def _float_aware_safe_loader() -> type:
-    """A ``yaml.SafeLoader`` that also reads ``1e-3`` (no dot) as a float, as YAML 1.2 does (built on first use)."""
+def yaml_loader() -> type:
+    """The ``yaml.SafeLoader`` of every YAML file the library reads: it also reads ``1e-3`` (no dot) as a float,
+    as YAML 1.2 does (built on first use)."""
     import yaml
 
     class Loader(yaml.SafeLoader):

@@ -1,4 +1,4 @@
-"""Stability and robustness diagnostics of a (trained) recurrent model (THEORY.md sections 3-5).
+"""Stability and robustness diagnostics of a (trained) recurrent model (``docs/method.md``: stability and margins).
 
 * :func:`contraction_bound`: the deterministic contraction bound ``lambda_max(A_sym) + L_a ||W||_2`` of a
   Lipschitz-type drift ``f(h) = A h + a(W h + U x + b)`` (the paper's NRNN cell: pass ``alpha * A`` and ``W``
@@ -16,7 +16,7 @@ Shapes: sequences are time-major ``[T, B, I]``; states ``[B, n]`` (``n = 2H`` fo
 per-step Jacobians ``[T, B, n, n]``. Sample ``b`` of a batch must not influence sample ``b'`` (no batch norm across
 samples) wherever Jacobians are computed with batched backward passes.
 
-Stochastic stabilisation (Mao-type criterion, THEORY.md section 4). For ``dh = f dt + sigma_mult * h dB`` with
+Stochastic stabilisation (Mao-type criterion, ``docs/method.md``). For ``dh = f dt + sigma_mult * h dB`` with
 ONE scalar Brownian motion per sample (``NoiseConfig.shared_multiplicative``), the almost-sure Lyapunov bound
 of the difference of two trajectories is ``K + sigma^2 / 2 - sigma^2 = K - sigma^2 / 2`` (``K`` the deterministic
 bound). With independent noise per unit the generic bound is ``K + sigma^2 / 2 - sigma^2 / n`` (no stabilisation
@@ -34,6 +34,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from nrnn_plugin.layers.nrnn import NRNN
+from nrnn_plugin.layers.nrnn_kernel import nrnn_step
+from nrnn_plugin.layers.reference import elman_cell, gru_cell, lstm_cell
+from nrnn_plugin.noise import NoiseTape
+from nrnn_plugin.regularizer.guards import GlobalRng, model_devices
+from nrnn_plugin.runtime import noise_control, recording, replaying
 
 __all__ = [
     "ContractionBound",
@@ -161,11 +168,9 @@ def recurrent_step(module: nn.Module, layer: int = 0, direction: int = 0) -> Ste
     """The noise-free step ``Psi(state [B, n], x [B, I]) -> [B, n]`` of one layer and direction of a module.
 
     Supports ``nn.RNN`` (tanh/relu), ``nn.GRU``, ``nn.LSTM`` (state ``[h, c]``, ``n = 2H``; ``proj_size = 0``)
-    and their noisy versions, and the NRNN layer (``nrnn_plugin.nrnn.NRNN``). For other cells pass your own
+    and their noisy versions, and the NRNN layer (``nrnn_plugin.NRNN``). For other cells pass your own
     step function to the functions below.
     """
-    from nrnn_plugin.layers.reference import elman_cell, gru_cell, lstm_cell
-
     suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
     if isinstance(module, nn.RNNBase):
         if getattr(module, "proj_size", 0):
@@ -189,11 +194,7 @@ def recurrent_step(module: nn.Module, layer: int = 0, direction: int = 0) -> Ste
             return lambda h, x: gru_cell(F.linear(x, w_ih, b_ih), h, w_hh, b_hh)
         relu = mode == "RNN_RELU"
         return lambda h, x: elman_cell(F.linear(x, w_ih, b_ih), h, w_hh, b_hh, relu)
-    try:
-        from nrnn_plugin.nrnn import NRNN, nrnn_step
-    except ImportError:  # pragma: no cover - the NRNN module ships with the package
-        NRNN = None  # type: ignore[assignment]  # noqa: N806
-    if NRNN is not None and isinstance(module, NRNN):
+    if isinstance(module, NRNN):
         A, W = module.matrices(layer, direction)  # noqa: N806
         alpha = float(module.alpha)
         kernel = torch.cat([alpha * A, W]) if alpha != 0.0 else W
@@ -294,7 +295,7 @@ def finite_time_lyapunov(
     """
     if isinstance(step, nn.Module):
         if initial is None:
-            width = step.hidden_size * (2 if getattr(step, "mode", "") == "LSTM" else 1)
+            width = int(getattr(step, "hidden_size")) * (2 if getattr(step, "mode", "") == "LSTM" else 1)  # noqa: B009
             initial = inputs.new_zeros(inputs.shape[1], width)
         step = recurrent_step(step)
     elif initial is None:
@@ -320,7 +321,9 @@ def input_output_jacobian_norms(fn: Callable[[Tensor], Tensor], inputs: Tensor) 
     with torch.enable_grad():
         y = fn(x)
         if y.dim() != 2 or y.shape[0] != x.shape[1]:
-            raise ValueError(f"input_output_jacobian_norms: fn must return [B, C] with B = {x.shape[1]}, got {tuple(y.shape)}")
+            raise ValueError(
+                f"input_output_jacobian_norms: fn must return [B, C] with B = {x.shape[1]}, got {tuple(y.shape)}"
+            )
         rows = [torch.autograd.grad(y[:, c].sum(), x, retain_graph=True)[0] for c in range(y.shape[1])]
     jac = torch.stack(rows).permute(2, 1, 0, 3)  # [B, T, C, I]
     per_step = torch.linalg.matrix_norm(jac, ord=2)
@@ -332,7 +335,8 @@ def output_margins(logits: Tensor, targets: Tensor) -> Tensor:
     """``gamma_out = logit[target] - max_{j != target} logit[j]`` per sample: ``[B]`` (``> 0``: correct)."""
     if logits.dim() != 2 or targets.shape != logits.shape[:1]:
         raise ValueError(
-            f"output_margins: expected logits [B, C] and targets [B], got {tuple(logits.shape)} and {tuple(targets.shape)}"
+            "output_margins: expected logits [B, C] and targets [B], got "
+            f"{tuple(logits.shape)} and {tuple(targets.shape)}"
         )
     true = logits.gather(1, targets[:, None]).squeeze(1)
     others = logits.scatter(1, targets[:, None], float("-inf"))
@@ -342,7 +346,7 @@ def output_margins(logits: Tensor, targets: Tensor) -> Tensor:
 @dataclass(frozen=True)
 class MarginReport:
     """Per-sample ``[B]``: output margin, Jacobian norm over the whole input sequence, and the first-order input
-    margin ``radius = margin / (sqrt(2) * jacobian_norm)`` (THEORY.md section 5; a local estimate, a certified
+    margin ``radius = margin / (sqrt(2) * jacobian_norm)`` (``docs/method.md``; a local estimate, a certified
     bound needs the sup of the norm over the neighbourhood)."""
 
     margin: Tensor
@@ -371,13 +375,9 @@ def noise_gap(model: nn.Module, closure: Callable[[], Tensor], *, antithetic: bo
     dropout mask for all three); the gap is averaged over all elements. The standard error treats elements as
     independent; pooling different samples makes it conservative.
     """
-    from nrnn_plugin.noise import NoiseTape, recording, replaying
-    from nrnn_plugin.regularizer import _devices, _GlobalRng
-    from nrnn_plugin.runtime import noise_override
-
-    rng = _GlobalRng(_devices(model))  # every pass draws the same dropout masks, if any
+    rng = GlobalRng(model_devices(model))  # every pass draws the same dropout masks, if any
     with torch.no_grad():
-        with noise_override(model, True), recording(model) as tapes:
+        with noise_control(model, inject=True), recording(model) as tapes:
             noisy = closure().detach().double().flatten()
         if antithetic:
             negated: dict[str, NoiseTape] = {}
@@ -386,11 +386,10 @@ def noise_gap(model: nn.Module, closure: Callable[[], Tensor], *, antithetic: bo
                 for draw in tape.draws:
                     negated[name].append(-draw)
             rng.restore()
-            with noise_override(model, True), replaying(model, negated):
+            with noise_control(model, inject=True), replaying(model, negated):
                 noisy = 0.5 * (noisy + closure().detach().double().flatten())
         rng.restore()
-        with noise_override(model, False):
+        with noise_control(model, inject=False):
             clean = closure().detach().double().flatten()
     gap = noisy - clean
     return float(gap.mean()), float(gap.std() / math.sqrt(gap.numel()))
-

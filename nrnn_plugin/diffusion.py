@@ -1,6 +1,6 @@
 """Discretisation schemes: from standard Gaussian draws to the noise injected into a recurrent state.
 
-Every scheme of THEORY.md section 1 is affine in the previous state, so a scheme turns its draws into
+Every scheme of the method (docs/method.md) is affine in the previous state, so a scheme turns its draws into
 three coefficient tensors and every layer applies one formula::
 
     h_next = gate * Psi(h_prev, x) + mult * h_prev + add          (AffineNoise.apply)
@@ -18,13 +18,15 @@ with ``xi, xi'`` independent standard Gaussians per unit (``xi'`` one per sample
 ``z`` so that one RNG call per sequence suffices. The reference scheme is the research code's
 ``h + dt * m * (Psi(h) - h) + sa * xi``; with ``dt = 1`` and ``sm = 0`` it is plain additive noise.
 
-Schemes are chosen through the ``nrnn_diffusion`` hook; the built-in ones are registered by
-:mod:`nrnn_plugin.builtin`.
+Schemes are chosen through the ``nrnn_diffusion`` hook when noise is registered; the built-in ones are
+provided by :mod:`nrnn_plugin.plugins.builtin`.
 """
 
 from __future__ import annotations
 
+import copy
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -83,20 +85,17 @@ class AffineNoise:
 
     def rows(self, start: int, stop: int) -> AffineNoise:
         """The coefficients of rows ``start:stop`` (views)."""
-        return AffineNoise(*(c[start:stop] if _per_row(c) else c for c in (self.gate, self.mult, self.add)))
+        return AffineNoise(*(c[start:stop] if isinstance(c, Tensor) and c.dim() > 0 else c for c in self._parts()))
 
     def split(self, sizes: list[int]) -> list[AffineNoise]:
         """Per-step coefficients for a packed layout with ``sizes`` rows per step (views, one call each)."""
-        parts = []
-        for c in (self.gate, self.mult, self.add):
-            parts.append(torch.split(c, sizes) if _per_row(c) else [c] * len(sizes))
+        parts: list[Sequence[Coefficient]] = []
+        for c in self._parts():
+            parts.append(torch.split(c, sizes) if isinstance(c, Tensor) and c.dim() > 0 else [c] * len(sizes))
         return [AffineNoise(g, m, a) for g, m, a in zip(*parts)]
 
-
-def _per_row(coefficient: Coefficient) -> bool:
-    """True for a ``[rows, ...]`` tensor; numbers and 0-dim tensors (a float scaled by a tensor probe scale)
-    broadcast to every row."""
-    return isinstance(coefficient, Tensor) and coefficient.dim() > 0
+    def _parts(self) -> tuple[Coefficient, Coefficient, Coefficient]:
+        return self.gate, self.mult, self.add
 
 
 class Diffusion:
@@ -117,6 +116,18 @@ class Diffusion:
         self.sigma_add = config.additive * level
         self.sigma_mult = config.multiplicative * level
         self.shared = config.shared_multiplicative
+
+    def at_level(self, level: float) -> Diffusion:
+        """This scheme with both noise levels multiplied by ``level`` (a schedule's factor), as a copy.
+
+        Subclasses whose other state depends on the levels override it.
+        """
+        if level == 1.0:
+            return self
+        scaled = copy.copy(self)
+        scaled.sigma_add = self.sigma_add * level
+        scaled.sigma_mult = self.sigma_mult * level
+        return scaled
 
     @property
     def is_additive(self) -> bool:
@@ -217,6 +228,4 @@ class ReferenceScheme(Diffusion):
         return AffineNoise(step, 1.0 - step, None)
 
 
-BUILTIN_SCHEMES: dict[str, type[Diffusion]] = {
-    cls.name: cls for cls in (EulerMaruyama, Milstein, ReferenceScheme)
-}
+BUILTIN_SCHEMES: dict[str, type[Diffusion]] = {cls.name: cls for cls in (EulerMaruyama, Milstein, ReferenceScheme)}

@@ -14,8 +14,8 @@ different decoding path (e.g. teacher forcing instead of autoregressive sampling
     paths = sample_paths(model, x, n_samples=200, seed=0)        # [200, *prediction shape]
     bands = quantiles(paths, (0.05, 0.5, 0.95))                  # [*prediction shape, 3]
 
-For pytorch-forecasting models, :func:`forecast_samples` runs a whole dataloader and returns
-``[N, T, n_samples]`` (pytorch-forecasting's "samples" layout) in the target's original scale.
+For pytorch-forecasting models, :func:`nrnn_plugin.adapters.forecasting.forecast_samples` runs a whole
+dataloader and returns ``[N, T, n_samples]`` (pytorch-forecasting's "samples" layout) in the target's scale.
 
 A ``seed`` makes the draws reproducible and leaves the modules' training noise streams untouched (they are
 restored afterwards); without a seed the draws continue the modules' streams.
@@ -24,17 +24,16 @@ restored afterwards); without a seed the draws continue the modules' streams.
 from __future__ import annotations
 
 import contextlib
-import inspect
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from nrnn_plugin.runtime import noise_override, noise_scale
-from nrnn_plugin.swap import noisy_modules
+from nrnn_plugin.runtime import noise_control, noise_runtimes
+from nrnn_plugin.validation import check_int, check_real
 
-__all__ = ["sampling_noise", "sample_paths", "quantiles", "forecast_samples"]
+__all__ = ["sampling_noise", "sample_paths", "quantiles"]
 
 Forward = Callable[[nn.Module, Any], Tensor]
 
@@ -55,21 +54,19 @@ def sampling_noise(model: nn.Module, *, seed: int | None = None, scale: float = 
     Raises:
         ValueError: ``model`` has no noisy module, or ``scale`` is negative.
     """
-    modules = list(noisy_modules(model))
-    if not modules:
+    sources = [runtime.source for _, runtime in noise_runtimes(model)]
+    if not sources:
         raise ValueError(
             f"sampling_noise: {type(model).__name__} has no noisy module; call "
             "nrnn_plugin.register_noise(model, NoiseConfig(additive=...)) first"
         )
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale >= 0.0:
-        raise ValueError(f"sampling_noise: scale must be a number >= 0, got {scale!r}")
-    sources = [module._nrnn_runtime.source for _, module in modules]
+    scale = check_real("sampling_noise.scale", scale, minimum=0.0)
     saved = [source.state_dict() for source in sources] if seed is not None else []
     try:
         if seed is not None:
             for source in sources:
                 source.load_state_dict({"name": source.name, "seed": int(seed), "generators": {}})
-        with noise_override(model, True), noise_scale(model, scale):
+        with noise_control(model, inject=True, scale=scale):
             yield model
     finally:
         for source, state in zip(sources, saved):
@@ -136,10 +133,8 @@ def sample_paths(
     Returns:
         ``[n_samples, *prediction shape]``, computed without autograd.
     """
-    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
-        raise ValueError(f"sample_paths: n_samples must be an integer >= 1, got {n_samples!r}")
-    if isinstance(samples_per_forward, bool) or not isinstance(samples_per_forward, int) or samples_per_forward < 1:
-        raise ValueError(f"sample_paths: samples_per_forward must be an integer >= 1, got {samples_per_forward!r}")
+    n_samples = check_int("sample_paths.n_samples", n_samples, minimum=1)
+    samples_per_forward = check_int("sample_paths.samples_per_forward", samples_per_forward, minimum=1)
     forward = forward or _default_forward
     paths: list[Tensor] = []
     with torch.no_grad(), sampling_noise(model, seed=seed, scale=scale):
@@ -161,97 +156,3 @@ def quantiles(samples: Tensor, q: Sequence[float] = (0.1, 0.5, 0.9), dim: int = 
     if levels.dim() != 1 or levels.numel() == 0 or bool(((levels < 0) | (levels > 1)).any()):
         raise ValueError(f"quantiles: q must be a non-empty sequence of numbers in [0, 1], got {list(q)!r}")
     return torch.quantile(samples, levels, dim=dim).movedim(0, -1)
-
-
-def forecast_samples(
-    model: nn.Module,
-    data: Any,
-    n_samples: int = 100,
-    *,
-    batch_size: int = 64,
-    samples_per_forward: int = 16,
-    seed: int | None = None,
-    scale: float = 1.0,
-) -> Tensor:
-    """Monte Carlo forecasts of a pytorch-forecasting model with hidden-state noise: ``[N, T, n_samples]``.
-
-    Args:
-        model: a pytorch-forecasting model with noisy modules (put in eval mode here; decoding is the model's
-            own inference path, e.g. autoregressive for ``RecurrentNetwork`` and ``DeepAR``).
-        data: a ``DataLoader`` yielding ``(x, y)`` batches or a ``TimeSeriesDataSet``
-            (``to_dataloader(train=False, batch_size=batch_size)``).
-        n_samples: paths per window. For models whose ``forward`` samples a distribution loss by itself
-            (``DeepAR``: ``forward(x, n_samples)``) every path is one autoregressive sample of the model's distribution *and* of the
-            hidden noise; otherwise a path is the point forecast (``model.to_prediction``) under one draw of
-            hidden noise.
-        samples_per_forward: paths computed per forward (the batch is repeated that many times).
-        seed, scale: see :func:`sampling_noise`.
-
-    Returns:
-        ``[N, T, n_samples]`` in the target's original scale (single-target models), windows in data order.
-    """
-    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
-        raise ValueError(f"forecast_samples: n_samples must be an integer >= 1, got {n_samples!r}")
-    loader = data.to_dataloader(train=False, batch_size=batch_size, num_workers=0) if hasattr(data, "to_dataloader") else data
-    model.eval()
-    samples_itself = _samples_itself(model)
-    device = next(model.parameters()).device
-    per_forward = max(1, min(samples_per_forward, n_samples))
-
-    def point_forecast(m: nn.Module, x: Any) -> Tensor:
-        return _single_target(m.to_prediction(m(x)))  # [B, T]
-
-    def sampled_forecasts(x: Any) -> Tensor:
-        # the model repeats the batch and samples itself: [B, T, k]. pytorch-forecasting's DeepAR mis-scales
-        # its sampling for n_samples=1, so at least 2 are requested per forward.
-        chunks, remaining = [], n_samples
-        while remaining > 0:
-            k = max(2, min(per_forward, remaining))
-            chunks.append(_single_target(model(x, n_samples=k)["prediction"])[..., : min(k, remaining)])
-            remaining -= k
-        return torch.cat(chunks, dim=-1)
-
-    batches: list[Tensor] = []
-    with torch.no_grad(), sampling_noise(model, seed=seed, scale=scale):
-        for x, _ in loader:
-            x = _to_device(x, device)
-            if samples_itself:
-                batches.append(sampled_forecasts(x))
-            else:
-                paths = sample_paths(
-                    model, x, n_samples, forward=point_forecast, samples_per_forward=per_forward, scale=scale
-                )
-                batches.append(paths.movedim(0, -1))  # [S, B, T] -> [B, T, S]
-    return torch.cat(batches)
-
-
-def _samples_itself(model: nn.Module) -> bool:
-    """True for models that sample their distribution in ``forward(x, n_samples=k)`` (DeepAR).
-
-    ``RecurrentNetwork`` also accepts ``n_samples`` but ignores it; the distribution loss tells them apart.
-    """
-    if "n_samples" not in inspect.signature(model.forward).parameters:
-        return False
-    from pytorch_forecasting.metrics import DistributionLoss, MultiLoss
-
-    losses = list(model.loss) if isinstance(getattr(model, "loss", None), MultiLoss) else [getattr(model, "loss", None)]
-    return all(isinstance(loss, DistributionLoss) for loss in losses)
-
-
-def _single_target(prediction: Any) -> Tensor:
-    if not isinstance(prediction, Tensor):
-        raise ValueError(
-            "forecast_samples: multi-target models are not supported; use sample_paths with a forward that "
-            "selects one target"
-        )
-    return prediction
-
-
-def _to_device(obj: Any, device: torch.device) -> Any:
-    if isinstance(obj, Tensor):
-        return obj.to(device)
-    if isinstance(obj, Mapping):
-        return {key: _to_device(value, device) for key, value in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_device(value, device) for value in obj)
-    return obj

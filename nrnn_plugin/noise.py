@@ -8,8 +8,12 @@ distributed rank, so that
 * two modules of one model draw independent noise, and so do two ranks of a distributed job,
 * a draw can be recorded and replayed exactly (the regularizer's antithetic probes, tests).
 
-Drawing goes through the ``nrnn_sample_noise`` hook, so a plugin can replace the sampler (quasi-random
-numbers, a fixed test pattern) without touching the layers.
+The sampler that turns a source into Gaussians is a plain callable given to the source when it is created
+(:func:`nrnn_plugin.register_noise` resolves it once, through the ``nrnn_sampler`` hook), so a plugin can
+replace it (quasi-random numbers, a fixed test pattern) without touching the layers, and a draw never consults
+the plugin manager. Model-wide recording and replaying live in :mod:`nrnn_plugin.runtime`.
+
+This module imports nothing from the package.
 """
 
 from __future__ import annotations
@@ -18,11 +22,30 @@ import contextlib
 import hashlib
 import os
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
-__all__ = ["NoiseSource", "FixedNoise", "NoiseTape", "recording", "replaying", "derive_seed", "distributed_rank"]
+__all__ = ["NoiseSource", "FixedNoise", "NoiseTape", "Sampler", "gaussian_sampler", "derive_seed", "distributed_rank"]
+
+
+class Sampler(Protocol):
+    """``sampler(source, shape, device, dtype) -> Tensor``: standard Gaussians of ``shape`` for ``source``.
+
+    Implementations draw from ``source.generator(device)`` (never the global RNG) so that runs stay
+    reproducible and replayable.
+    """
+
+    def __call__(
+        self, source: NoiseSource, shape: tuple[int, ...], device: torch.device, dtype: torch.dtype
+    ) -> torch.Tensor: ...
+
+
+def gaussian_sampler(
+    source: NoiseSource, shape: tuple[int, ...], device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    """The built-in sampler: ``torch.randn`` on the source's own generator (one call per draw)."""
+    return torch.randn(shape, generator=source.generator(device), device=device, dtype=dtype)
 
 
 def distributed_rank() -> int:
@@ -82,15 +105,26 @@ class NoiseSource:
     Args:
         name: qualified name of the module inside the model (part of the seed).
         seed: config seed, or ``None`` for ``torch.initial_seed()``.
+        sampler: turns the source into standard Gaussians (default :func:`gaussian_sampler`).
+        origin: who provided the sampler (``"plugin 'name'"``), named when it fails or returns a wrong draw.
 
     Generators are created lazily on first use per device, so the rank is read after a distributed
     process group exists. :meth:`state_dict` / :meth:`load_state_dict` capture and restore the stream so a
     resumed run continues it.
     """
 
-    def __init__(self, name: str, seed: int | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        seed: int | None = None,
+        sampler: Sampler = gaussian_sampler,
+        *,
+        origin: str = "the built-in sampler",
+    ) -> None:
         self.name = name
         self.seed = seed
+        self.sampler = sampler
+        self.origin = origin
         self._generators: dict[str, torch.Generator] = {}
         self._rank: int | None = None
         self._record: NoiseTape | None = None
@@ -129,13 +163,23 @@ class NoiseSource:
         return draw
 
     def _sample(self, shape: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        from nrnn_plugin.plugins import hook
-
-        return hook().nrnn_sample_noise(source=self, shape=shape, device=device, dtype=dtype)
-
-    def sample_gaussian(self, shape: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        """The built-in sampler: ``torch.randn`` on this source's generator (no global RNG)."""
-        return torch.randn(shape, generator=self.generator(device), device=device, dtype=dtype)
+        try:
+            draw = self.sampler(self, shape, device, dtype)
+        except Exception as exc:
+            raise RuntimeError(
+                f"noise source {self.name!r}: the sampler of {self.origin} raised {type(exc).__name__}: {exc}"
+            ) from exc
+        if not isinstance(draw, torch.Tensor) or tuple(draw.shape) != shape or draw.dtype != dtype:
+            got = (
+                f"a {draw.dtype} tensor of shape {tuple(draw.shape)}"
+                if isinstance(draw, torch.Tensor)
+                else type(draw).__name__
+            )
+            raise RuntimeError(
+                f"noise source {self.name!r}: the sampler of {self.origin} returned {got}, expected a {dtype} tensor "
+                f"of shape {shape}"
+            )
+        return draw
 
     # ------------------------------------------------------------------ record / replay
     @contextlib.contextmanager
@@ -173,10 +217,22 @@ class NoiseSource:
 
     def __getstate__(self) -> dict[str, Any]:
         # Tapes are transient; generators are stored by state so that pickles are portable.
-        return {"name": self.name, "seed": self.seed, "state": self.state_dict()}
+        return {
+            "name": self.name,
+            "seed": self.seed,
+            "sampler": self.sampler,
+            "origin": self.origin,
+            "state": self.state_dict(),
+        }
 
     def __setstate__(self, data: dict[str, Any]) -> None:
-        self.__init__(data["name"], data["seed"])  # type: ignore[misc]
+        NoiseSource.__init__(
+            self,
+            data["name"],
+            data["seed"],
+            data.get("sampler", gaussian_sampler),
+            origin=data.get("origin", "a sampler"),
+        )
         self.load_state_dict(data["state"])
 
     def __repr__(self) -> str:
@@ -198,31 +254,3 @@ class FixedNoise(NoiseSource):
 
     def _sample(self, shape: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         return self._fixed.next(shape, device, dtype)
-
-
-def _sources(model: torch.nn.Module) -> Iterator[tuple[str, NoiseSource]]:
-    from nrnn_plugin.swap import noisy_modules
-
-    for name, module in noisy_modules(model):
-        yield name, module._nrnn_runtime.source
-
-
-@contextlib.contextmanager
-def recording(model: torch.nn.Module) -> Iterator[dict[str, NoiseTape]]:
-    """Record every draw of every noisy module of ``model``; yields ``{module name: tape}``."""
-    tapes: dict[str, NoiseTape] = {}
-    with contextlib.ExitStack() as stack:
-        for name, source in _sources(model):
-            tapes[name] = stack.enter_context(source.recording(NoiseTape()))
-        yield tapes
-
-
-@contextlib.contextmanager
-def replaying(model: torch.nn.Module, tapes: dict[str, NoiseTape]) -> Iterator[None]:
-    """Replay the draws recorded by :func:`recording` (same modules, same order of draws)."""
-    with contextlib.ExitStack() as stack:
-        for name, source in _sources(model):
-            if name not in tapes:
-                raise RuntimeError(f"noise replay: no tape was recorded for module {name!r}")
-            stack.enter_context(source.replaying(tapes[name]))
-        yield

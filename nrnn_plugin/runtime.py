@@ -1,74 +1,145 @@
-"""Per-module noise state: what a noisy module consults at every forward.
+"""The noise state of a noisy module and the one public API that reaches it.
 
-``register_noise`` attaches a :class:`NoiseRuntime` to each noisy module as the plain attribute
-``_nrnn_runtime`` (not a parameter or buffer, so ``state_dict`` is unchanged). It holds the module's resolved
-config, its :class:`~nrnn_plugin.noise.NoiseSource`, and the switches that schedules, the regularizer and
-inference-time sampling turn:
+:func:`nrnn_plugin.register_noise` attaches a :class:`NoiseRuntime` to each noisy module (a plain attribute,
+not a parameter or buffer, so ``state_dict`` is unchanged). The runtime holds the module's resolved config,
+its :class:`~nrnn_plugin.noise.NoiseSource` (with the sampler resolved at registration), its scheme (the
+:class:`~nrnn_plugin.diffusion.Diffusion` resolved at registration) and the switches that schedules, the
+regularizer and inference-time sampling turn. Nothing else in the library touches that attribute: layers,
+the regularizer, inference, the Lightning callback and the adapters go through these functions.
 
-* ``level``: multiplier on both noise levels (noise schedules);
-* ``probe_scale``: multiplier on the injected noise around the noise-free step (regularizer probes); a Python
-  number, or a 0-dim tensor (the regularizer's ``jet`` estimator differentiates in it). A tensor scale always
-  injects, even where its value is zero: the derivatives at zero are what is wanted;
-* ``override``: ``None`` follows ``module.training`` and the config's mode; ``True``/``False`` forces noise on
-  or off in any mode (inference-time sampling, regularizer probes);
-* ``use_mean``: inject the scheme's mean coefficients instead of a draw (the regularizer's first-order term
-  for biased schemes).
+* :func:`runtime_of` - the runtime of one module (``None`` when it is not noisy);
+* :func:`noisy_modules` / :func:`noise_runtimes` - the one walk over a model;
+* :func:`noise_control` - the one context manager for probes and overrides: noise forced on or off, a scale
+  around the noise-free step, the scheme's mean instead of a draw, another scheme, a level;
+* :func:`set_noise_level` - the persistent level a schedule sets before every training batch;
+* :func:`recording` / :func:`replaying` - record every draw of a model's noisy modules and replay it.
+
+The contract of a noisy class is the :class:`NoisyModule` protocol.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+import dataclasses
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
 from nrnn_plugin.config import NoiseConfig
 from nrnn_plugin.diffusion import AffineNoise, Diffusion
-from nrnn_plugin.noise import NoiseSource
+from nrnn_plugin.noise import NoiseSource, NoiseTape
 
-__all__ = ["NoiseRuntime", "runtimes", "noise_override", "noise_scale", "noise_level"]
+__all__ = [
+    "NoisyModule",
+    "NoiseRuntime",
+    "runtime_of",
+    "attach_runtime",
+    "detach_runtime",
+    "noisy_modules",
+    "noise_runtimes",
+    "noise_control",
+    "set_noise_level",
+    "recording",
+    "replaying",
+]
+
+_ATTRIBUTE = "_nrnn_runtime"
+
+#: ``scheme=`` of :func:`noise_control`: a scheme, or a function of each module's current scheme.
+SchemeOverride = Diffusion | Callable[[Diffusion], Diffusion]
+
+
+@runtime_checkable
+class NoisyModule(Protocol):
+    """The contract of a noisy class (what the ``nrnn_noisy_class`` hook returns).
+
+    A noisy class is a statically defined subclass of the module's class, adds no parameters or buffers, and
+    reads its noise state with :func:`runtime_of` in ``forward``. It declares:
+
+    * ``nrnn_original_class``: the class :func:`~nrnn_plugin.remove_noise` restores;
+    * ``nrnn_validate(module, config)``: a class method that raises ``ValueError`` (naming the option) when
+      ``module`` cannot be made noisy with ``config``.
+    """
+
+    nrnn_original_class: ClassVar[type[nn.Module]]
+
+    @classmethod
+    def nrnn_validate(cls, module: nn.Module, config: NoiseConfig) -> None: ...
+
+
+@dataclasses.dataclass
+class _Switches:
+    """The probe and override state of a runtime (see :func:`noise_control`)."""
+
+    inject: bool | None = None
+    scale: float | torch.Tensor = 1.0
+    mean: bool = False
+    scheme: Diffusion | None = None
 
 
 class NoiseRuntime:
-    """Noise state of one module (see module docstring)."""
+    """Noise state of one module.
 
-    def __init__(self, config: NoiseConfig, source: NoiseSource) -> None:
+    Args:
+        config: the module's resolved configuration.
+        source: its noise stream.
+        diffusion: its scheme at level 1 (resolved through the ``nrnn_diffusion`` hook at registration).
+
+    ``level`` is the schedule's multiplier on both noise levels (:func:`set_noise_level`); the probe and
+    override switches are set only inside :func:`noise_control`.
+    """
+
+    def __init__(self, config: NoiseConfig, source: NoiseSource, diffusion: Diffusion) -> None:
         self.config = config
         self.source = source
         self.level = 1.0
-        self.probe_scale: float | torch.Tensor = 1.0
-        self.override: bool | None = None
-        self.use_mean = False
-        self._diffusion: tuple[float, Diffusion] | None = None
+        self._base = diffusion
+        self._switches = _Switches()
+        self._scaled: tuple[float, Diffusion] | None = None
 
     def __repr__(self) -> str:
-        return f"NoiseRuntime(config={self.config!r}, level={self.level}, override={self.override})"
+        return f"NoiseRuntime(config={self.config!r}, level={self.level}, switches={self._switches})"
 
-    def __getstate__(self) -> dict:
+    def __getstate__(self) -> dict[str, object]:
         state = dict(self.__dict__)
-        state["_diffusion"] = None  # rebuilt through the hooks after unpickling
+        state["_scaled"] = None  # a cache
         return state
 
     # ------------------------------------------------------------------ decisions
+    @property
+    def scale(self) -> float | torch.Tensor:
+        """Multiplier on the injected noise around the noise-free step (``1`` outside probes)."""
+        return self._switches.scale
+
+    @property
+    def uses_mean(self) -> bool:
+        """True while the scheme's mean coefficients are injected instead of draws."""
+        return self._switches.mean
+
     def injecting(self, training: bool) -> bool:
-        """Whether the module's forward injects noise now."""
-        if not self.config.has_noise or self.level == 0.0 or _is_zero_scale(self.probe_scale):
+        """Whether the module's forward injects noise now (``training`` is ``module.training``).
+
+        A tensor scale always injects, even where its value is zero: the derivatives at zero are what the
+        regularizer's ``jet`` estimator wants.
+        """
+        scale = self._switches.scale
+        if not self.config.has_noise or self.level == 0.0 or (not isinstance(scale, torch.Tensor) and scale == 0.0):
             return False
-        if self.override is not None:
-            return self.override
+        if self._switches.inject is not None:
+            return self._switches.inject
         return training and self.config.injects_in_training
 
     def diffusion(self) -> Diffusion:
-        """The scheme at the current level, through the ``nrnn_diffusion`` hook (cached per level)."""
-        if self._diffusion is None or self._diffusion[0] != self.level:
-            from nrnn_plugin.plugins import hook
-
-            diffusion = hook().nrnn_diffusion(config=self.config, level=self.level)
-            if diffusion is None:
-                raise RuntimeError(f"no plugin provides a diffusion for scheme {self.config.scheme!r}")
-            self._diffusion = (self.level, diffusion)
-        return self._diffusion[1]
+        """The scheme now: an override from :func:`noise_control`, else the registered one at ``level``."""
+        if self._switches.scheme is not None:
+            return self._switches.scheme
+        if self.level == 1.0:
+            return self._base
+        if self._scaled is None or self._scaled[0] != self.level:
+            self._scaled = (self.level, self._base.at_level(self.level))
+        return self._scaled[1]
 
     def targets(self, has_cell_state: bool) -> tuple[str, ...]:
         """The states that receive noise: ``("h",)``, ``("c",)`` or ``("h", "c")``."""
@@ -94,71 +165,138 @@ class NoiseRuntime:
         ``[directions, rows, len(targets) * width]`` (``[rows, width]`` when ``directions == 0``: cells).
         """
         diffusion = self.diffusion()
-        if self.use_mean:
-            mean = diffusion.mean_coefficients().scaled(self.probe_scale)
-            return [{t: mean for t in targets} for _ in range(max(directions, 1))]
+        copies = max(directions, 1)
+        scale = self._switches.scale
+        if self._switches.mean:
+            mean = diffusion.mean_coefficients().scaled(scale)
+            return [dict.fromkeys(targets, mean) for _ in range(copies)]
         width = diffusion.width(hidden_size)
         if width == 0:
-            return [{t: AffineNoise() for t in targets} for _ in range(max(directions, 1))]
+            return [{t: AffineNoise() for t in targets} for _ in range(copies)]
         if directions == 0:
             draws = self.source.normal((rows, len(targets) * width), device=device, dtype=dtype).unsqueeze(0)
         else:
             draws = self.source.normal((directions, rows, len(targets) * width), device=device, dtype=dtype)
-        result = []
-        for per_direction in draws:
-            result.append(
-                {
-                    target: diffusion.coefficients(per_direction[:, i * width : (i + 1) * width], hidden_size).scaled(
-                        self.probe_scale
-                    )
-                    for i, target in enumerate(targets)
-                }
-            )
-        return result
+        return [
+            {
+                target: diffusion.coefficients(per_direction[:, i * width : (i + 1) * width], hidden_size).scaled(scale)
+                for i, target in enumerate(targets)
+            }
+            for per_direction in draws
+        ]
 
 
-def _is_zero_scale(scale: float | torch.Tensor) -> bool:
-    """True for a numeric zero scale; a tensor scale is never treated as "off" (see module docstring)."""
-    return not isinstance(scale, torch.Tensor) and scale == 0.0
+# ---------------------------------------------------------------------------------------------- access
 
 
-def runtimes(model: nn.Module) -> Iterator[NoiseRuntime]:
-    """The runtimes of every noisy module in ``model``."""
-    for module in model.modules():
-        runtime = getattr(module, "_nrnn_runtime", None)
+def runtime_of(module: nn.Module) -> NoiseRuntime | None:
+    """The runtime of ``module`` if it is noisy, else ``None``."""
+    runtime = module.__dict__.get(_ATTRIBUTE)
+    return runtime if isinstance(runtime, NoiseRuntime) else None
+
+
+def attach_runtime(module: nn.Module, runtime: NoiseRuntime) -> None:
+    """Give ``module`` its runtime (called by :func:`nrnn_plugin.register_noise` only)."""
+    module.__dict__[_ATTRIBUTE] = runtime
+
+
+def detach_runtime(module: nn.Module) -> None:
+    """Take ``module``'s runtime away (called by :func:`nrnn_plugin.remove_noise` only)."""
+    module.__dict__.pop(_ATTRIBUTE, None)
+
+
+def noisy_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """``(qualified name, module)`` of every noisy module in ``model`` (``""`` for ``model`` itself)."""
+    for name, module in model.named_modules():
+        if runtime_of(module) is not None:
+            yield name, module
+
+
+def noise_runtimes(model: nn.Module) -> Iterator[tuple[str, NoiseRuntime]]:
+    """``(qualified name, runtime)`` of every noisy module in ``model``."""
+    for name, module in model.named_modules():
+        runtime = runtime_of(module)
         if runtime is not None:
-            yield runtime
+            yield name, runtime
+
+
+# ---------------------------------------------------------------------------------------------- control
+
+
+def set_noise_level(model: nn.Module, level: float) -> None:
+    """Set the level multiplier (a schedule's factor, ``>= 0``) of every noisy module of ``model``."""
+    value = float(level)
+    if not value >= 0.0:
+        raise ValueError(f"set_noise_level: level must be a number >= 0, got {level!r}")
+    for _, runtime in noise_runtimes(model):
+        runtime.level = value
 
 
 @contextlib.contextmanager
-def _set_all(model: nn.Module, **values: object) -> Iterator[None]:
-    saved = [(rt, {k: getattr(rt, k) for k in values}) for rt in runtimes(model)]
-    try:
-        for rt, _ in saved:
-            for key, value in values.items():
-                setattr(rt, key, value)
-        yield
-    finally:
-        for rt, old in saved:
-            for key, value in old.items():
-                setattr(rt, key, value)
+def noise_control(
+    model: nn.Module,
+    *,
+    inject: bool | None = None,
+    scale: float | torch.Tensor | None = None,
+    mean: bool | None = None,
+    scheme: SchemeOverride | None = None,
+) -> Iterator[list[NoiseRuntime]]:
+    """Override how every noisy module of ``model`` injects noise inside the block; restored afterwards.
 
+    Args:
+        inject: ``True``/``False`` forces noise on or off in train and eval mode alike (inference-time
+            sampling, regularizer probes); ``None`` leaves the current setting.
+        scale: multiply the injected noise around the noise-free step (``gate -> 1 + s (gate - 1)``,
+            ``mult -> s mult``, ``add -> s add``). A number, or a 0-dim tensor that is kept as is, so derivatives
+            in it can be taken (it injects even where its value is zero).
+        mean: inject the scheme's mean coefficients instead of draws (the regularizer's first-order term).
+        scheme: a :class:`~nrnn_plugin.diffusion.Diffusion` to use instead of each module's, or a function of
+            each module's current scheme returning the one to use.
 
-def noise_override(model: nn.Module, inject: bool | None) -> contextlib.AbstractContextManager[None]:
-    """Force noise on (``True``) or off (``False``) in every noisy module of ``model``, in train and eval."""
-    return _set_all(model, override=inject)
-
-
-def noise_scale(model: nn.Module, scale: float | torch.Tensor) -> contextlib.AbstractContextManager[None]:
-    """Multiply the injected noise of every noisy module by ``scale`` (regularizer probes).
-
-    ``scale`` is a number or a 0-dim tensor; a tensor is kept as is (not converted), so derivatives in it can
-    be taken, and it injects even where its value is zero.
+    Yields the runtimes that are controlled. Blocks nest; each restores what it found.
     """
-    return _set_all(model, probe_scale=scale if isinstance(scale, torch.Tensor) else float(scale))
+    runtimes = [runtime for _, runtime in noise_runtimes(model)]
+    saved = [dataclasses.replace(runtime._switches) for runtime in runtimes]
+    if scale is not None and not isinstance(scale, torch.Tensor):
+        scale = float(scale)
+    try:
+        for runtime in runtimes:
+            switches = runtime._switches
+            if scheme is not None:
+                switches.scheme = (
+                    scheme(runtime.diffusion()) if callable(scheme) and not isinstance(scheme, Diffusion) else scheme
+                )
+            if inject is not None:
+                switches.inject = inject
+            if scale is not None:
+                switches.scale = scale
+            if mean is not None:
+                switches.mean = mean
+        yield runtimes
+    finally:
+        for runtime, switches in zip(runtimes, saved):
+            runtime._switches = switches
 
 
-def noise_level(model: nn.Module, level: float) -> None:
-    """Set the level multiplier (a schedule's factor) of every noisy module of ``model``."""
-    for rt in runtimes(model):
-        rt.level = float(level)
+# ---------------------------------------------------------------------------------------------- record / replay
+
+
+@contextlib.contextmanager
+def recording(model: nn.Module) -> Iterator[dict[str, NoiseTape]]:
+    """Record every draw of every noisy module of ``model``; yields ``{module name: tape}``."""
+    tapes: dict[str, NoiseTape] = {}
+    with contextlib.ExitStack() as stack:
+        for name, runtime in noise_runtimes(model):
+            tapes[name] = stack.enter_context(runtime.source.recording(NoiseTape()))
+        yield tapes
+
+
+@contextlib.contextmanager
+def replaying(model: nn.Module, tapes: Mapping[str, NoiseTape]) -> Iterator[None]:
+    """Replay the draws recorded by :func:`recording` (same modules, same order of draws)."""
+    with contextlib.ExitStack() as stack:
+        for name, runtime in noise_runtimes(model):
+            if name not in tapes:
+                raise RuntimeError(f"noise replay: no tape was recorded for module {name!r}")
+            stack.enter_context(runtime.source.replaying(tapes[name]))
+        yield

@@ -26,3 +26,10 @@ class GeneratedNoise(NoiseSource):
         draw = torch.randn(shape, generator=self.generator_, dtype=torch.float64).to(device=device, dtype=dtype)
         self.history.append(draw)
         return draw
+
+
+def runtimes(model):
+    """The runtimes of every noisy module of ``model``, in module order (public API: ``noise_runtimes``)."""
+    from nrnn_plugin.runtime import noise_runtimes
+
+    return [runtime for _, runtime in noise_runtimes(model)]

@@ -6,8 +6,8 @@ import csv
 
 import pytest
 
-from nrnn_plugin import benchmarking
-from nrnn_plugin.benchmarking import CASES, FULL_GRID, LayerSize
+from nrnn_plugin.app import benchmarking
+from nrnn_plugin.app.benchmarking import CASES, FULL_GRID, LayerSize
 
 
 def test_tiny_grid_runs_and_formats(tmp_path):

@@ -6,7 +6,6 @@ comes from statsmodels (shipped offline), written to ``tmp_path`` as CSV at test
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -18,7 +17,9 @@ import pytest
 EXIT_INPUT = 2
 
 
-def nrnn(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
+def nrnn(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 180
+) -> subprocess.CompletedProcess:
     """Run ``python -m nrnn_plugin ARGS`` (what the ``nrnn`` console script runs)."""
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     full_env.pop("NRNN_DEBUG", None)
@@ -99,7 +100,7 @@ def test_help_and_plugins_do_not_import_lightning_or_forecasting():
     code = textwrap.dedent(
         """
         import contextlib, io, json, sys
-        from nrnn_plugin.cli import main
+        from nrnn_plugin.app.cli import main
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
             try:
@@ -111,7 +112,8 @@ def test_help_and_plugins_do_not_import_lightning_or_forecasting():
         with contextlib.redirect_stdout(io.StringIO()) as out:
             assert main(["plugins", "--json"]) == 0
         assert {e["name"] for e in json.loads(out.getvalue())} >= {"builtin", "torch", "forecasting", "nrnn"}
-        heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("lightning", "pytorch_lightning", "pytorch_forecasting"))
+        frameworks = ("lightning", "pytorch_lightning", "pytorch_forecasting")
+        heavy = sorted(m for m in sys.modules if m.split(".")[0] in frameworks)
         assert not heavy, heavy
         """
     )
@@ -151,7 +153,9 @@ def test_missing_config_file(tmp_path):
 
 
 def test_unknown_yaml_keys_are_named_with_the_allowed_ones(tmp_path, sunspots_csv):
-    text = SMALL_RUN.format(data=sunspots_csv, out=tmp_path).replace("  target: spots\n", "  target: spots\n  tagret: x\n")
+    text = SMALL_RUN.format(data=sunspots_csv, out=tmp_path).replace(
+        "  target: spots\n", "  target: spots\n  tagret: x\n"
+    )
     run = write_run(tmp_path / "run2.yaml", text)
     assert_input_error(nrnn("train", "--config", str(run)), "section 'data': unknown key(s) ['tagret']", "'target'")
 
@@ -159,7 +163,9 @@ def test_unknown_yaml_keys_are_named_with_the_allowed_ones(tmp_path, sunspots_cs
 def test_invalid_noise_config_shows_the_noiseconfig_message(tmp_path, sunspots_csv):
     text = SMALL_RUN.format(data=sunspots_csv, out=tmp_path).replace("additive: 0.1", "additive: -0.5")
     run = write_run(tmp_path / "run.yaml", text)
-    assert_input_error(nrnn("train", "--config", str(run)), "noise: NoiseConfig.additive: expected a finite number >= 0.0, got -0.5")
+    assert_input_error(
+        nrnn("train", "--config", str(run)), "noise: NoiseConfig.additive: expected a finite number >= 0.0, got -0.5"
+    )
 
 
 def test_unsupported_model_names_the_supported_ones(tmp_path, sunspots_csv):
@@ -194,9 +200,7 @@ def test_non_numeric_target(tmp_path, sunspots_csv):
     bad = tmp_path / "bad.csv"
     bad.write_text("\n".join(lines) + "\n")
     run = write_run(tmp_path / "run.yaml", SMALL_RUN.format(data=bad, out=tmp_path))
-    assert_input_error(
-        nrnn("train", "--config", str(run)), "target column 'spots' must be numeric", "row 5", "'n/a?'"
-    )
+    assert_input_error(nrnn("train", "--config", str(run)), "target column 'spots' must be numeric", "row 5", "'n/a?'")
 
 
 def test_too_short_series_gives_the_minimum_length(tmp_path, sunspots_csv):
@@ -205,7 +209,9 @@ def test_too_short_series_gives_the_minimum_length(tmp_path, sunspots_csv):
     short.write_text("\n".join(lines[:61]) + "\n")  # header + 60 years
     run = write_run(tmp_path / "run.yaml", SMALL_RUN.format(data=short, out=tmp_path))
     # 12 encoder + 4 prediction steps of training, then 30 validation and 30 test steps: 76.
-    assert_input_error(nrnn("train", "--config", str(run)), "series are too short", "60 time steps", "minimum length is 76")
+    assert_input_error(
+        nrnn("train", "--config", str(run)), "series are too short", "60 time steps", "minimum length is 76"
+    )
 
 
 # ---------------------------------------------------------------------------------------------- train -> robustness
@@ -229,17 +235,38 @@ def test_train_with_and_without_noise_then_compare_robustness(tmp_path, sunspots
     assert "(plain training)" in result.stdout and "RecurrentNetwork: epoch 1/1" in result.stderr
 
     result = nrnn(
-        "robustness", "--checkpoint", str(noisy / "model.ckpt"), "--checkpoint", str(plain / "model.ckpt"),
-        "--data", str(sunspots_csv), "--perturbations", "white_noise,fgsm", "--strengths", "0.2", "--seeds", "2",
-        "--out", str(tmp_path / "report"),
+        "robustness",
+        "--checkpoint",
+        str(noisy / "model.ckpt"),
+        "--checkpoint",
+        str(plain / "model.ckpt"),
+        "--data",
+        str(sunspots_csv),
+        "--perturbations",
+        "white_noise,fgsm",
+        "--strengths",
+        "0.2",
+        "--seeds",
+        "2",
+        "--out",
+        str(tmp_path / "report"),
     )
     assert result.returncode == 0, result.stderr
     table = result.stdout.splitlines()
-    assert table[0].startswith(
-        "RecurrentNetwork + noise vs RecurrentNetwork on 27 test windows of sunspots.csv: MAE"
-    )
-    assert table[2].split() == ["perturbation", "strength", "RecurrentNetwork", "+", "noise", "MAE",
-                                "RecurrentNetwork", "MAE", "2nd", "vs", "1st"]
+    assert table[0].startswith("RecurrentNetwork + noise vs RecurrentNetwork on 27 test windows of sunspots.csv: MAE")
+    assert table[2].split() == [
+        "perturbation",
+        "strength",
+        "RecurrentNetwork",
+        "+",
+        "noise",
+        "MAE",
+        "RecurrentNetwork",
+        "MAE",
+        "2nd",
+        "vs",
+        "1st",
+    ]
     assert [line.split()[0] for line in table[4:]] == ["clean", "white_noise", "fgsm"]
 
     import pandas as pd
@@ -284,7 +311,15 @@ def test_demo_quick_trains_both_models_and_writes_table_csv_and_plot(tmp_path):
     import pandas as pd
 
     results = pd.read_csv(tmp_path / "demo_results.csv")
-    assert list(results.columns) == ["model", "train_seed", "perturbation", "strength", "metric", "value", "perturbation_seed"]
+    assert list(results.columns) == [
+        "model",
+        "train_seed",
+        "perturbation",
+        "strength",
+        "metric",
+        "value",
+        "perturbation_seed",
+    ]
     assert set(results["model"]) == {"LSTM", "LSTM + noise 0.3"}
     assert set(results["perturbation"]) == {"white_noise", "salt_and_pepper", "fgsm"}
     assert results["value"].notna().all() and (results["value"] > 0).all()

@@ -5,22 +5,15 @@ from __future__ import annotations
 
 import contextlib
 import io
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from nrnn_plugin.cli import EXIT_INPUT, format_plugin_report, main
-from nrnn_plugin.cli_config import (
-    ConfigError,
-    DataError,
-    DataSpec,
-    InputError,
-    RunConfig,
-    load_run_config,
-    noise_from_dict,
-)
-from nrnn_plugin.cli_data import (
+from nrnn_plugin.app.cli import EXIT_INPUT, main
+from nrnn_plugin.app.commands import format_plugin_report
+from nrnn_plugin.app.data import (
     SERIES_COLUMN,
     TimeAxis,
     compute_split,
@@ -28,6 +21,15 @@ from nrnn_plugin.cli_data import (
     prepare_frame,
     read_table,
     split_and_check,
+)
+from nrnn_plugin.app.run_config import (
+    ConfigError,
+    DataError,
+    DataSpec,
+    InputError,
+    RunConfig,
+    load_run_config,
+    noise_from_dict,
 )
 from nrnn_plugin.config import NoiseConfig
 
@@ -69,7 +71,7 @@ def test_example_run_file_is_valid_and_complete():
     # Every key of every section is spelled out in the example.
     import yaml
 
-    raw = yaml.safe_load(open("examples/run.yaml"))
+    raw = yaml.safe_load(Path("examples/run.yaml").read_text())
     assert set(raw) == set(RunConfig.SECTIONS)
     assert set(raw["data"]) == set(DataSpec.__dataclass_fields__)
     assert set(raw["noise"]) == set(NoiseConfig.__dataclass_fields__)
@@ -91,18 +93,42 @@ def test_run_config_round_trips_and_defaults():
         ({"model": {}}, "data: required section"),
         ({"data": {"target": "y"}}, "data.time: required"),
         ({"data": {"time": "t", "target": "t"}}, "data.target: column 't' is already used as data.time"),
-        ({"data": {"time": "t", "target": "y", "group_ids": "g", "known_reals": ["g"]}}, "data.known_reals: column 'g'"),
+        (
+            {"data": {"time": "t", "target": "y", "group_ids": "g", "known_reals": ["g"]}},
+            "data.known_reals: column 'g'",
+        ),
         ({"data": {"time": "t", "target": "y", "validation": 0.6, "test": 0.5}}, "sum to less than 1"),
         ({"data": {"time": "t", "target": "y", "validation": 0}}, "data.validation: expected a number of time steps"),
         ({"data": {"time": "t", "target": "y", "test": -3}}, "data.test: expected"),
-        ({"data": {"time": "t", "target": "y", "max_encoder_length": 0}}, "data.max_encoder_length: expected an integer >= 1, got 0"),
-        ({"data": {"time": "t", "target": "y", "normalizer": "minmax"}}, "data.normalizer: expected one of 'encoder', 'group', 'none', got 'minmax'"),
-        ({"data": {"time": "t", "target": "y"}, "trainer": {"epochs": 3}}, "section 'trainer': unknown key(s) ['epochs']"),
-        ({"data": {"time": "t", "target": "y"}, "trainer": {"max_epochs": 1.5}}, "trainer.max_epochs: expected an integer >= 1, got 1.5"),
-        ({"data": {"time": "t", "target": "y"}, "output": {"folder": "x"}}, "section 'output': unknown key(s) ['folder']"),
+        (
+            {"data": {"time": "t", "target": "y", "max_encoder_length": 0}},
+            "data.max_encoder_length: expected an integer >= 1, got 0",
+        ),
+        (
+            {"data": {"time": "t", "target": "y", "normalizer": "minmax"}},
+            "data.normalizer: expected one of 'encoder', 'group', 'none', got 'minmax'",
+        ),
+        (
+            {"data": {"time": "t", "target": "y"}, "trainer": {"epochs": 3}},
+            "section 'trainer': unknown key(s) ['epochs']",
+        ),
+        (
+            {"data": {"time": "t", "target": "y"}, "trainer": {"max_epochs": 1.5}},
+            "trainer.max_epochs: expected an integer >= 1, got 1.5",
+        ),
+        (
+            {"data": {"time": "t", "target": "y"}, "output": {"folder": "x"}},
+            "section 'output': unknown key(s) ['folder']",
+        ),
         ({"data": {"time": "t", "target": "y"}, "model": {"class": "NHiTS"}}, "got 'NHiTS'"),
-        ({"data": {"time": "t", "target": "y"}, "noise": {"sheme": "milstein"}}, "noise: NoiseConfig: unknown key(s) ['sheme']"),
-        ({"data": {"time": "t", "target": "y"}, "noise": {"scheme": "heun"}}, "noise: NoiseConfig.scheme: expected one of"),
+        (
+            {"data": {"time": "t", "target": "y"}, "noise": {"sheme": "milstein"}},
+            "noise: NoiseConfig: unknown key(s) ['sheme']",
+        ),
+        (
+            {"data": {"time": "t", "target": "y"}, "noise": {"scheme": "heun"}},
+            "noise: NoiseConfig.scheme: expected one of",
+        ),
         ({"data": {"time": "t", "target": "y"}, "noise": [0.1]}, "noise: expected a mapping"),
     ],
 )
@@ -140,7 +166,10 @@ def test_dates_become_weekly_steps_and_missing_values_are_interpolated(co2):
     assert frame["co2"].notna().all() and prepared.notes == ["interpolated missing values ('co2': 59)"]
     # A missing week is linear between its neighbours.
     i = int(np.flatnonzero(co2["co2"].isna().to_numpy())[0])
-    assert co2["co2"].iloc[i - 1] <= frame["co2"].iloc[i] <= co2["co2"].iloc[i + 1] or co2["co2"].iloc[i + 1] <= frame["co2"].iloc[i]
+    assert (
+        co2["co2"].iloc[i - 1] <= frame["co2"].iloc[i] <= co2["co2"].iloc[i + 1]
+        or co2["co2"].iloc[i + 1] <= frame["co2"].iloc[i]
+    )
     assert set(frame[SERIES_COLUMN]) == {"0"}
 
     # Evaluation data maps through the training run's time axis (a later slice keeps its step numbers).
@@ -149,7 +178,9 @@ def test_dates_become_weekly_steps_and_missing_values_are_interpolated(co2):
 
 
 def test_missing_value_policies(co2):
-    dropped = prepare_frame(co2, DataSpec.from_dict({"time": "date", "target": "co2", "missing": "drop", "allow_missing_timesteps": True}))
+    dropped = prepare_frame(
+        co2, DataSpec.from_dict({"time": "date", "target": "co2", "missing": "drop", "allow_missing_timesteps": True})
+    )
     assert len(dropped.frame) == len(co2) - 59
     with pytest.raises(DataError, match=r"missing values \('co2': 59\)"):
         prepare_frame(co2, DataSpec.from_dict({"time": "date", "target": "co2", "missing": "error"}))
@@ -159,8 +190,16 @@ def test_missing_value_policies(co2):
 
 def test_panel_with_group_ids_and_covariates(grunfeld):
     spec = DataSpec.from_dict(
-        {"time": "year", "target": "invest", "group_ids": ["firm"], "unknown_reals": ["value", "capital"],
-         "max_encoder_length": 5, "max_prediction_length": 2, "validation": 3, "test": 3}
+        {
+            "time": "year",
+            "target": "invest",
+            "group_ids": ["firm"],
+            "unknown_reals": ["value", "capital"],
+            "max_encoder_length": 5,
+            "max_prediction_length": 2,
+            "validation": 3,
+            "test": 3,
+        }
     )
     prepared, split = split_and_check(prepare_frame(grunfeld, spec))
     assert prepared.group_ids == ("firm",) and prepared.frame["firm"].nunique() == 11
@@ -179,7 +218,9 @@ def test_wrong_columns_list_missing_and_existing(grunfeld):
 
 def test_non_numeric_columns():
     frame = pd.DataFrame({"t": range(5), "y": ["1", "2", "x", "4", "5"], "c": [True] * 5})
-    with pytest.raises(DataError, match=r"target column 'y' must be numeric, but 1 value\(s\) are not \(first at row 2: 'x'\)"):
+    with pytest.raises(
+        DataError, match=r"target column 'y' must be numeric, but 1 value\(s\) are not \(first at row 2: 'x'\)"
+    ):
         prepare_frame(frame, DataSpec.from_dict({"time": "t", "target": "y"}))
     frame["y"] = [1.0, 2, 3, 4, 5]
     with pytest.raises(DataError, match="real covariate column 'c' must be numeric, got dtype bool"):
@@ -216,8 +257,15 @@ def test_split_is_by_time():
 
 def test_short_series_of_a_panel_are_left_out_with_a_note(grunfeld):
     spec = DataSpec.from_dict(
-        {"time": "year", "target": "invest", "group_ids": ["firm"], "max_encoder_length": 5,
-         "max_prediction_length": 2, "validation": 3, "test": 3}
+        {
+            "time": "year",
+            "target": "invest",
+            "group_ids": ["firm"],
+            "max_encoder_length": 5,
+            "max_prediction_length": 2,
+            "validation": 3,
+            "test": 3,
+        }
     )
     short_firm = grunfeld["firm"].iloc[0]
     trimmed = grunfeld[~((grunfeld["firm"] == short_firm) & (grunfeld["year"] < 1944))]  # 5 training steps (1944-1948)
@@ -259,8 +307,14 @@ def test_read_table_formats_and_errors(tmp_path):
         (("demo", "--epochs", "0"), "expected a positive integer, got '0'"),
         (("demo", "--dataset", "mnist"), "invalid choice: 'mnist'"),
         (("robustness", "--checkpoint", "m.ckpt"), "the following arguments are required: --data"),
-        (("robustness", "--checkpoint", "m.ckpt", "--data", "d.csv", "--strengths", "0.1,-1"), "expected a finite number >= 0"),
-        (("train", "--config", "does/not/exist.yaml"), "nrnn train: error: config file not found: 'does/not/exist.yaml' (no such folder)"),
+        (
+            ("robustness", "--checkpoint", "m.ckpt", "--data", "d.csv", "--strengths", "0.1,-1"),
+            "expected a finite number >= 0",
+        ),
+        (
+            ("train", "--config", "does/not/exist.yaml"),
+            "nrnn train: error: config file not found: 'does/not/exist.yaml' (no such folder)",
+        ),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(argv, message):
@@ -273,7 +327,7 @@ def test_bad_arguments_exit_2_with_one_line(argv, message):
 
 
 def test_unexpected_errors_are_one_line_with_a_hint(monkeypatch):
-    import nrnn_plugin.cli as cli
+    import nrnn_plugin.app.cli as cli
 
     def boom(args):
         raise RuntimeError("something broke\nover two lines")
@@ -283,7 +337,10 @@ def test_unexpected_errors_are_one_line_with_a_hint(monkeypatch):
     monkeypatch.setattr(cli, "build_parser", lambda: _with_handler(parser(), "plugins", boom))
     code, _, err = run_main("plugins")
     assert code == 1
-    assert err.strip() == "nrnn plugins: internal error: RuntimeError: something broke over two lines (rerun with NRNN_DEBUG=1 for the traceback)"
+    assert (
+        err.strip() == "nrnn plugins: internal error: RuntimeError: something broke over two lines "
+        "(rerun with NRNN_DEBUG=1 for the traceback)"
+    )
     monkeypatch.setenv("NRNN_DEBUG", "1")
     with pytest.raises(RuntimeError):
         main(["plugins"])
@@ -299,8 +356,12 @@ def test_plugin_table_shows_reasons():
     report = [
         {"name": "builtin", "source": "builtin", "loaded": True},
         {"name": "x", "source": "entry point x-dist", "loaded": False, "reason": "ImportError: no y"},
-        {"name": "f", "source": "entry point nrnn-plugin", "loaded": True,
-         "adapter": {"available": False, "reason": "pytorch-forecasting is not installed", "handles": []}},
+        {
+            "name": "f",
+            "source": "entry point nrnn-plugin",
+            "loaded": True,
+            "adapter": {"available": False, "reason": "pytorch-forecasting is not installed", "handles": []},
+        },
     ]
     text = format_plugin_report(report, "nrnn_plugin")
     lines = text.splitlines()
@@ -316,33 +377,40 @@ def test_plugin_table_shows_reasons():
 def sunspot_datasets():
     pytest.importorskip("pytorch_forecasting")
     sm = pytest.importorskip("statsmodels.api")
-    from nrnn_plugin import pipeline
+    from nrnn_plugin.app import datasets
 
     frame = sm.datasets.sunspots.load_pandas().data.astype({"YEAR": int})
     spec = DataSpec.from_dict(
-        {"time": "YEAR", "target": "SUNACTIVITY", "max_encoder_length": 12, "max_prediction_length": 4,
-         "normalizer": "group", "validation": 30, "test": 30}
+        {
+            "time": "YEAR",
+            "target": "SUNACTIVITY",
+            "max_encoder_length": 12,
+            "max_prediction_length": 4,
+            "normalizer": "group",
+            "validation": 30,
+            "test": 30,
+        }
     )
     prepared, split = split_and_check(prepare_frame(frame, spec))
-    return pipeline.build_datasets(prepared, split)
+    return datasets.build_datasets(prepared, split)
 
 
 @pytest.mark.filterwarnings("ignore:Attribute .* is an instance of `nn.Module`")
 def test_model_arguments_are_checked_against_the_class(sunspot_datasets):
-    from nrnn_plugin import pipeline
-    from nrnn_plugin.cli_config import ModelSpec
+    from nrnn_plugin.app.run_config import ModelSpec
+    from nrnn_plugin.app.training import build_model
 
     training = sunspot_datasets.training
     with pytest.raises(ConfigError) as info:
-        pipeline.build_model(ModelSpec.from_dict({"class": "RecurrentNetwork", "hiden_size": 8}), training)
+        build_model(ModelSpec.from_dict({"class": "RecurrentNetwork", "hiden_size": 8}), training)
     assert "unknown key(s) ['hiden_size'] for RecurrentNetwork" in str(info.value)
     assert "'hidden_size'" in str(info.value) and "'learning_rate'" in str(info.value)
     with pytest.raises(ConfigError, match=r"\['x_reals'\] come from the data section"):
-        pipeline.build_model(ModelSpec.from_dict({"x_reals": ["a"]}), training)
+        build_model(ModelSpec.from_dict({"x_reals": ["a"]}), training)
     with pytest.raises(ConfigError, match=r"model.loss: expected one of \[.*'MAE'.*\], got 'Huber'"):
-        pipeline.build_model(ModelSpec.from_dict({"loss": "Huber"}), training)
+        build_model(ModelSpec.from_dict({"loss": "Huber"}), training)
 
-    model = pipeline.build_model(ModelSpec.from_dict({"hidden_size": 8, "rnn_layers": 1, "loss": "RMSE"}), training)
+    model = build_model(ModelSpec.from_dict({"hidden_size": 8, "rnn_layers": 1, "loss": "RMSE"}), training)
     assert type(model).__name__ == "RecurrentNetwork" and model.hparams.hidden_size == 8
     assert type(model.loss).__name__ == "RMSE"
 
@@ -365,13 +433,13 @@ def test_split_windows_do_not_overlap_in_prediction_time(sunspot_datasets):
 
 def test_load_run_refuses_a_checkpoint_without_its_sidecar(tmp_path):
     pytest.importorskip("pytorch_forecasting")
-    from nrnn_plugin import pipeline
+    from nrnn_plugin.app import runs
 
     with pytest.raises(InputError, match="checkpoint not found"):
-        pipeline.load_run(tmp_path / "model.ckpt")
+        runs.load_run(tmp_path / "model.ckpt")
     (tmp_path / "model.ckpt").write_bytes(b"")
     with pytest.raises(InputError, match=r"sidecar not found: .*model.nrnn.pt"):
-        pipeline.load_run(tmp_path / "model.ckpt")
+        runs.load_run(tmp_path / "model.ckpt")
     (tmp_path / "model.nrnn.pt").write_bytes(b"not a pickle")
     with pytest.raises(InputError, match="could not read the sidecar"):
-        pipeline.load_run(tmp_path / "model.ckpt")
+        runs.load_run(tmp_path / "model.ckpt")

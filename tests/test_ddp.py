@@ -39,8 +39,9 @@ SCRIPT = textwrap.dedent(
     from torch.utils.data import DataLoader, TensorDataset
 
     import nrnn_plugin as nrnn
-    from nrnn_plugin.hookspecs import hookimpl
+    from nrnn_plugin.plugins import hookimpl
     from nrnn_plugin.plugins import register
+    from nrnn_plugin.runtime import runtime_of
 
     OUT = sys.argv[1]
     CONFIG = nrnn.NoiseConfig(additive=0.1, seed=SEED)
@@ -52,11 +53,14 @@ SCRIPT = textwrap.dedent(
             self.count = 0
 
         @hookimpl
-        def nrnn_sample_noise(self, source, shape, device, dtype):
-            draw = source.sample_gaussian(shape, device, dtype)
-            self.first.setdefault(source.name, draw.clone())
-            self.count += 1
-            return draw
+        def nrnn_sampler(self, name, module, config):
+            def recording(source, shape, device, dtype):
+                draw = torch.randn(shape, generator=source.generator(device), device=device, dtype=dtype)
+                self.first.setdefault(source.name, draw.clone())
+                self.count += 1
+                return draw
+
+            return recording
 
 
     class Tiny(pl.LightningModule):
@@ -96,7 +100,7 @@ SCRIPT = textwrap.dedent(
         resumed = nrnn.NoisyRNNCallback(CONFIG)
         resumed.setup(trainer, model, "fit")
         resumed.load_state_dict(checkpoint["callbacks"][resumed.state_key])
-        resumed_state = model.lstm._nrnn_runtime.source.state_dict()["generators"]["cpu"]
+        resumed_state = runtime_of(model.lstm).source.state_dict()["generators"]["cpu"]
         resumed.teardown(trainer, model, "fit")
 
         torch.save(
@@ -129,7 +133,11 @@ SCRIPT = textwrap.dedent(
 def run_ddp(out, script_text: str) -> list[dict]:
     script = out / "train_ddp.py"
     script.write_text(script_text)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("NRNN_", "LOCAL_RANK", "RANK", "WORLD_SIZE", "MASTER_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("NRNN_", "LOCAL_RANK", "RANK", "WORLD_SIZE", "MASTER_"))
+    }
     env.update(OMP_NUM_THREADS="1", PL_DISABLE_FORK="1")
     result = subprocess.run(
         [sys.executable, str(script), str(out)], capture_output=True, text=True, env=env, cwd=out, timeout=420
@@ -148,7 +156,9 @@ def test_ddp_in_regularizer_mode_keeps_the_ranks_in_sync(tmp_path):
     are all-reduced like any other, one recorded draw per step and rank."""
     config = f"nrnn.NoiseConfig(additive=0.1, seed={SEED})"
     assert config in SCRIPT
-    results = run_ddp(tmp_path, SCRIPT.replace(config, f"nrnn.NoiseConfig(additive=0.1, seed={SEED}, mode='regularizer')"))
+    results = run_ddp(
+        tmp_path, SCRIPT.replace(config, f"nrnn.NoiseConfig(additive=0.1, seed={SEED}, mode='regularizer')")
+    )
     for rank, result in enumerate(results):
         assert result["rank"] == rank and result["global_step"] == 2 * 2 and result["draws"] == 4
     for a, b in zip(results[0]["params"], results[1]["params"]):

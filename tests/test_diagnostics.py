@@ -88,7 +88,7 @@ def test_stochastic_shift() -> None:
 def test_nrnn_trajectory_log_norm_is_below_the_contraction_bound() -> None:
     """For the paper's cell the Euler-step Jacobian is ``I + d (alpha A + diag(a') W)``, so the trajectory's
     ``max mu_2((J - I)/d)`` must not exceed ``lambda_max(alpha A_sym) + ||W||_2``; with tanh' < 1 it is below."""
-    from nrnn_plugin.nrnn import NRNN
+    from nrnn_plugin.layers.nrnn import NRNN
 
     torch.manual_seed(4)
     layer = NRNN(3, 6, alpha=1.0, beta=0.6, gamma_A=0.5, gamma_W=0.2, dt=0.1, init_std=4.0).to(DTYPE)

@@ -19,6 +19,7 @@ from torch import nn
 
 pf = pytest.importorskip("pytorch_forecasting")
 import lightning.pytorch as pl  # noqa: E402
+from nrnn_testing import ZeroNoise  # noqa: E402
 from pytorch_forecasting import DeepAR, RecurrentNetwork, TemporalFusionTransformer, TimeSeriesDataSet  # noqa: E402
 from pytorch_forecasting.data.examples import generate_ar_data  # noqa: E402
 from pytorch_forecasting.models.nn.rnn import GRU as PfGRU  # noqa: E402
@@ -27,20 +28,26 @@ from pytorch_forecasting.models.xlstm import xLSTMTime  # noqa: E402
 
 import nrnn_plugin as nrnn  # noqa: E402
 from nrnn_plugin.adapters import forecasting as adapter  # noqa: E402
-from nrnn_plugin.adapters._forecasting_classes import (  # noqa: E402
+from nrnn_plugin.adapters.forecasting.classes import (  # noqa: E402
     NoisyForecastingGRU,
     NoisyForecastingLSTM,
     NoisyMLSTMCell,
     NoisySLSTMCell,
 )
-from nrnn_plugin.hookspecs import hookimpl  # noqa: E402
 from nrnn_plugin.inference import sampling_noise  # noqa: E402
+from nrnn_plugin.integrations.lightning import REG_METRIC, NoisyRNNCallback  # noqa: E402
 from nrnn_plugin.layers import NoisyLSTM  # noqa: E402
-from nrnn_plugin.lightning import REG_METRIC, NoisyRNNCallback  # noqa: E402
-from nrnn_plugin.noise import recording  # noqa: E402
-from nrnn_plugin.plugins import register, unregister  # noqa: E402
-from nrnn_plugin.runtime import noise_override  # noqa: E402
-from nrnn_testing import ZeroNoise  # noqa: E402
+from nrnn_plugin.noise import gaussian_sampler
+from nrnn_plugin.plugins import (  # noqa: E402
+    hookimpl,  # noqa: E402
+    register,
+    unregister,
+)
+from nrnn_plugin.runtime import (
+    noise_control,  # noqa: E402
+    recording,  # noqa: E402
+    runtime_of,  # noqa: E402
+)
 
 warnings.filterwarnings("ignore", message=".*EncoderDecoderTimeSeriesDataModule is part of an experimental.*")
 
@@ -70,8 +77,10 @@ def batch(dataset):
 
 def _loader(dataset, train: bool = True):
     # no shuffling (train=False) so that runs are comparable; batches of 8 windows
-    return dataset.to_dataloader(train=False, batch_size=8, num_workers=0) if train else dataset.to_dataloader(
-        train=False, batch_size=16, num_workers=0
+    return (
+        dataset.to_dataloader(train=False, batch_size=8, num_workers=0)
+        if train
+        else dataset.to_dataloader(train=False, batch_size=16, num_workers=0)
     )
 
 
@@ -97,13 +106,25 @@ MODELS = {
     ),
     "xlstm_s": (
         lambda ds: xLSTMTime.from_dataset(
-            ds, xlstm_type="slstm", hidden_size=8, input_size=len(ds.reals), output_size=HORIZON, num_layers=1, dropout=0.0
+            ds,
+            xlstm_type="slstm",
+            hidden_size=8,
+            input_size=len(ds.reals),
+            output_size=HORIZON,
+            num_layers=1,
+            dropout=0.0,
         ),
         {"lstm.slstm_layer.cells.0": NoisySLSTMCell},
     ),
     "xlstm_m": (
         lambda ds: xLSTMTime.from_dataset(
-            ds, xlstm_type="mlstm", hidden_size=8, input_size=len(ds.reals), output_size=HORIZON, num_layers=2, dropout=0.0
+            ds,
+            xlstm_type="mlstm",
+            hidden_size=8,
+            input_size=len(ds.reals),
+            output_size=HORIZON,
+            num_layers=2,
+            dropout=0.0,
         ),
         {"lstm.mlstm_layer.cells.0": NoisyMLSTMCell, "lstm.mlstm_layer.cells.1": NoisyMLSTMCell},
     ),
@@ -150,7 +171,7 @@ def test_noise_reaches_the_rnn_in_training_and_eval_is_the_plain_model(name, dat
     plain.train()
     first, second = _prediction(model, x), _prediction(model, x)
     assert not torch.allclose(first, second)
-    with noise_override(model, False):  # the same training forward without noise is the plain model's
+    with noise_control(model, inject=False):  # the same training forward without noise is the plain model's
         assert torch.equal(_prediction(model, x), _prediction(plain, x))
     _prediction(plain, x)  # same number of training forwards (batch-norm statistics in xLSTMTime)
     _prediction(plain, x)
@@ -169,7 +190,7 @@ def test_training_draws_per_forward(dataset, batch):
         with recording(model) as tapes:
             _prediction(model, x)
         if counts is None:  # xLSTM: one draw per time step per cell, [B, H] on the memory c only
-            counts = {n: ENCODER for n in MODELS[name][1]}
+            counts = dict.fromkeys(MODELS[name][1], ENCODER)
             assert all(d.shape == (8, 8) for tape in tapes.values() for d in tape.draws)
         assert {n: len(t.draws) for n, t in tapes.items()} == counts
     # the encoders see packed, unsorted variable-length sequences: rows = sum of the (shifted) lengths
@@ -222,14 +243,14 @@ def test_zero_length_sequences_keep_pytorch_forecastings_handling():
     lengths = torch.tensor([6, 0, 2, 4])
     hx = (torch.randn(2, 4, 5), torch.randn(2, 4, 5))
     # zero noise through the noisy path = pytorch-forecasting's own forward (packing, zero-length restore)
-    noisy._nrnn_runtime.source = ZeroNoise("zero")
+    runtime_of(noisy).source = ZeroNoise("zero")
     out, (h, c) = noisy(x, hx, lengths=lengths, enforce_sorted=False)
     ref_out, (ref_h, ref_c) = plain.train()(x, hx, lengths=lengths, enforce_sorted=False)
     torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(h, ref_h, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(c, ref_c, rtol=1e-5, atol=1e-6)
     # with noise, a sequence of length 0 still gets pytorch-forecasting's replacement state, the others are noisy
-    noisy._nrnn_runtime = type(noisy._nrnn_runtime)(CONFIG, nrnn.noise.NoiseSource("rnn", 0))
+    runtime_of(noisy).source = nrnn.noise.NoiseSource("rnn", 0)
     _, (h, _) = noisy(x, hx, lengths=lengths, enforce_sorted=False)
     assert torch.equal(h[:, 1], ref_h[:, 1])
     assert not torch.allclose(h[:, [0, 2, 3]], ref_h[:, [0, 2, 3]])
@@ -244,21 +265,21 @@ def test_xlstm_targets():
 
     for target in ("h", "c", "both"):
         cell = nrnn.register_noise(sLSTMCell(3, 4), CONFIG.replace(target=target))
-        assert cell._nrnn_runtime.config.target == target
+        assert runtime_of(cell).config.target == target
         x, h, c = torch.randn(2, 3), torch.randn(2, 4), torch.randn(2, 4)
         with recording(cell) as tapes:
             new_h, new_c = cell.train()(x, h, c)
-        cell._nrnn_runtime.source = ZeroNoise("zero")
+        runtime_of(cell).source = ZeroNoise("zero")
         clean_h, clean_c = cell(x, h, c)
         assert torch.equal(new_h, clean_h) == (target == "c") and torch.equal(new_c, clean_c) == (target == "h")
         assert tapes[""].draws[0].shape == (2, 4 * (2 if target == "both" else 1))
     # mLSTM: h is never read by the next step, so the default target h is resolved to the memory c
     cell = nrnn.register_noise(mLSTMCell(3, 4, dropout=0.0), CONFIG)
-    assert cell._nrnn_runtime.config.target == "c"
+    assert runtime_of(cell).config.target == "c"
     state = [torch.randn(2, 4) for _ in range(3)]
     x = torch.randn(2, 3)
     h1, c1, n1 = cell.train()(x, *state)
-    with noise_override(cell, False):
+    with noise_control(cell, inject=False):
         h0, c0, n0 = cell(x, *state)
     assert torch.equal(h1, h0) and torch.equal(n1, n0) and not torch.allclose(c1, c0)
     with pytest.raises(ValueError, match="never reads its previous hidden state h"):
@@ -294,14 +315,15 @@ def test_adapter_is_lazy_and_reports_availability(monkeypatch):
     assert "pytorch_forecasting.models.nn.rnn.LSTM" in info["handles"]
 
 
-def test_noisy_classes_map_to_themselves_and_pickle(dataset):
+def test_adapter_answers_for_its_classes_only_and_noisy_classes_pickle(dataset):
     model = nrnn.register_noise(_make("tft", dataset), CONFIG)
-    assert adapter.nrnn_noisy_class(model.lstm_encoder, CONFIG) is NoisyForecastingLSTM
+    assert adapter.nrnn_noisy_class(PfLSTM(2, 3), CONFIG) is NoisyForecastingLSTM
+    assert adapter.nrnn_noisy_class(model.lstm_encoder, CONFIG) is None  # already noisy: nothing to switch
     assert adapter.nrnn_noisy_class(nn.LSTM(2, 3), CONFIG) is None
     import pickle
 
     clone = pickle.loads(pickle.dumps(model.lstm_encoder))
-    assert type(clone) is NoisyForecastingLSTM and clone._nrnn_runtime.config == CONFIG
+    assert type(clone) is NoisyForecastingLSTM and runtime_of(clone).config == CONFIG
     assert adapter.nrnn_noisy_class(PfGRU(2, 3), CONFIG) is NoisyForecastingGRU
 
 
@@ -322,8 +344,14 @@ def v2_datamodule():
         for t in range(40)
     ]
     series = TimeSeries(
-        pd.DataFrame(rows), time="time_idx", target="value", group=["series"], num=["value", "known"],
-        known=["known"], unknown=["value"], static=[],
+        pd.DataFrame(rows),
+        time="time_idx",
+        target="value",
+        group=["series"],
+        num=["value", "known"],
+        known=["known"],
+        unknown=["value"],
+        static=[],
     )
     module = EncoderDecoderTimeSeriesDataModule(
         series, max_encoder_length=6, max_prediction_length=3, batch_size=8, train_val_test_split=(0.6, 0.2, 0.2)
@@ -337,8 +365,15 @@ def _v2_tft(datamodule):
     from pytorch_forecasting.models.temporal_fusion_transformer._tft_v2 import TFT
 
     torch.manual_seed(0)
-    return TFT(loss=MAE(), logging_metrics=[], hidden_size=8, num_layers=1, attention_head_size=1, dropout=0.0,
-               metadata=datamodule.metadata)
+    return TFT(
+        loss=MAE(),
+        logging_metrics=[],
+        hidden_size=8,
+        num_layers=1,
+        attention_head_size=1,
+        dropout=0.0,
+        metadata=datamodule.metadata,
+    )
 
 
 def test_v2_tft_goes_through_the_torch_adapter(v2_datamodule, tmp_path):
@@ -374,9 +409,12 @@ class DrawSpy(pl.Callback):
         self.draws: dict[str, int] = {}
 
     @hookimpl
-    def nrnn_sample_noise(self, source, shape, device, dtype):
-        self.draws[self.phase] = self.draws.get(self.phase, 0) + 1
-        return None
+    def nrnn_sampler(self, name, module, config):
+        def counting(source, shape, device, dtype):
+            self.draws[self.phase] = self.draws.get(self.phase, 0) + 1
+            return gaussian_sampler(source, shape, device, dtype)
+
+        return counting
 
     def on_train_batch_start(self, *args):
         self.phase = "train"
@@ -398,9 +436,18 @@ def spy(fresh_plugins):
 
 def _trainer(tmp_path, callbacks, max_epochs: int = 1, **kwargs) -> pl.Trainer:
     options = dict(
-        max_epochs=max_epochs, accelerator="cpu", devices=1, callbacks=callbacks, enable_progress_bar=False,
-        enable_model_summary=False, logger=False, enable_checkpointing=False, default_root_dir=tmp_path,
-        limit_train_batches=2, limit_val_batches=1, num_sanity_val_steps=0,
+        max_epochs=max_epochs,
+        accelerator="cpu",
+        devices=1,
+        callbacks=callbacks,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        logger=False,
+        enable_checkpointing=False,
+        default_root_dir=tmp_path,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
     )
     options.update(kwargs)
     return pl.Trainer(**options)
@@ -439,7 +486,9 @@ def test_pytorch_forecasting_predict_is_identical_after_loading(dataset, tmp_pat
     trainer.save_checkpoint(tmp_path / "m.ckpt")
     loaded = RecurrentNetwork.load_from_checkpoint(tmp_path / "m.ckpt")
     # pytorch-forecasting's predict mutates trainer_kwargs: a fresh dict per call
-    options = lambda: dict(mode="prediction", trainer_kwargs=dict(accelerator="cpu", logger=False, enable_progress_bar=False))  # noqa: E731
+    options = lambda: dict(
+        mode="prediction", trainer_kwargs=dict(accelerator="cpu", logger=False, enable_progress_bar=False)
+    )  # noqa: E731
     ours = model.predict(_loader(dataset, train=False), **options())
     theirs = loaded.predict(_loader(dataset, train=False), **options())
     as_tensor = lambda p: torch.cat(list(p)) if isinstance(p, (list, tuple)) else p  # noqa: E731
@@ -490,8 +539,9 @@ def test_regularizer_term_logged_for_forecasting_models(name, dataset, tmp_path)
 
     model = _make(name, dataset)
     config = CONFIG.replace(mode="regularizer", regularizer_weight=3.0)
-    trainer = _trainer(tmp_path, [NoisyRNNCallback(config), Check()], logger=Logger(), log_every_n_steps=1,
-                       limit_val_batches=0)
+    trainer = _trainer(
+        tmp_path, [NoisyRNNCallback(config), Check()], logger=Logger(), log_every_n_steps=1, limit_val_batches=0
+    )
     trainer.fit(model, _loader(dataset))
     assert outputs_seen == [1, 2]  # the regularizer's closure did not append to training_step_outputs
     logged = [r for r in rows if "train_loss_step" in r]

@@ -10,8 +10,9 @@ import torch
 from torch import nn
 
 import nrnn_plugin as nrnn
-from nrnn_plugin.inference import forecast_samples, quantiles, sample_paths, sampling_noise
-from nrnn_plugin.noise import recording
+from nrnn_plugin.adapters.forecasting import forecast_samples
+from nrnn_plugin.inference import quantiles, sample_paths, sampling_noise
+from nrnn_plugin.runtime import recording, runtime_of
 
 CONFIG = nrnn.NoiseConfig(additive=0.1, seed=0)
 
@@ -50,7 +51,7 @@ def test_switch_injects_in_eval_without_train_mode(model, x):
             assert not model.training and not model.drop.training
             noisy = model(x)
             # scale 0 inside the switch: dropout stays off, so the output is the plain eval output exactly
-            with nrnn.runtime.noise_scale(model, 0.0):
+            with nrnn.runtime.noise_control(model, scale=0.0):
                 assert torch.equal(model(x), plain(x))
         assert not torch.allclose(noisy, plain(x))
         assert torch.equal(model(x), plain(x))  # switched off again after the block
@@ -58,7 +59,7 @@ def test_switch_injects_in_eval_without_train_mode(model, x):
 
 def test_seeded_sampling_is_reproducible_and_leaves_training_streams_alone(model, x):
     nrnn.register_noise(model, CONFIG)
-    source = model.lstm._nrnn_runtime.source
+    source = runtime_of(model.lstm).source
     model.train()
     model(x)  # the training stream has advanced once
     before = source.state_dict()
@@ -88,7 +89,7 @@ def test_sample_paths_shapes_and_tiling(model, x):
     # forwards with those rows reproduces the tiled result (same distribution, same computation)
     with torch.no_grad(), sampling_noise(model):
         first = tapes["lstm"].draws[0].view(1, 7, 3, 5, 8)[:, :, 0].reshape(1, 35, 8)
-        model.lstm._nrnn_runtime.source = nrnn.noise.FixedNoise([first], name="lstm")
+        runtime_of(model.lstm).source = nrnn.noise.FixedNoise([first], name="lstm")
         torch.testing.assert_close(model(x), tiled[0], rtol=0, atol=0)
     # outputs of a tuple-returning module (nn.LSTM) and a custom forward
     lstm = nrnn.register_noise(nn.LSTM(2, 4, batch_first=True), CONFIG).eval()
@@ -120,13 +121,13 @@ def test_errors_name_the_problem(model, x):
     with pytest.raises(ValueError, match="has no noisy module; call nrnn_plugin.register_noise"):
         sample_paths(model, x, 2)
     nrnn.register_noise(model, CONFIG)
-    with pytest.raises(ValueError, match="n_samples must be an integer >= 1, got 0"):
+    with pytest.raises(ValueError, match="n_samples: expected an integer >= 1, got 0"):
         sample_paths(model, x, 0)
     with pytest.raises(ValueError, match="samples_per_forward"):
         sample_paths(model, x, 2, samples_per_forward=0)
-    with pytest.raises(ValueError, match="scale must be a number >= 0"):
-        with sampling_noise(model, scale=-1.0):
-            pass
+    bad_scale = pytest.raises(ValueError, match="scale: expected a finite number >= 0.0, got -1.0")
+    with bad_scale, sampling_noise(model, scale=-1.0):
+        pass
     with pytest.raises(ValueError, match=r"q must be .* in \[0, 1\]"):
         quantiles(torch.randn(4, 2), (0.5, 1.5))
     with pytest.raises(TypeError, match="cannot find a prediction tensor"):
@@ -150,8 +151,13 @@ def dataset():
 
     data = generate_ar_data(seasonality=10.0, timesteps=24, n_series=2, seed=0)
     return TimeSeriesDataSet(
-        data, time_idx="time_idx", target="value", group_ids=["series"], max_encoder_length=6,
-        max_prediction_length=3, time_varying_unknown_reals=["value"],
+        data,
+        time_idx="time_idx",
+        target="value",
+        group_ids=["series"],
+        max_encoder_length=6,
+        max_prediction_length=3,
+        time_varying_unknown_reals=["value"],
     )
 
 

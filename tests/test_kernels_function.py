@@ -2,6 +2,9 @@
 
 Every kernel must reproduce :func:`reference_unroll` exactly: outputs, final states and the gradients of the
 input, the initial states, the weights and the biases, over modes x bias x direction x layout x noise form.
+``function_kernel`` hands over to the reference where it must (a coefficient that requires grad, ``torch.func``),
+so every comparison also asserts which kernel ran: the hand-written ``autograd.Function`` (its backward node)
+or the reference (no such node).
 Computed in float64 with a loss that weighs every output differently, so a wrong or misrouted gradient
 cannot hide in rounding. ``gradcheck`` checks the backward against finite differences independently of the
 reference.
@@ -19,10 +22,11 @@ import nrnn_plugin as nrnn
 from nrnn_plugin.config import NoiseConfig
 from nrnn_plugin.diffusion import AffineNoise, Milstein, ReferenceScheme
 from nrnn_plugin.layers import functions, use_kernel
+from nrnn_plugin.layers.functions import function_kernel
 from nrnn_plugin.layers.layout import SequenceLayout
-from nrnn_plugin.layers.recurrent import FUNCTION_KERNELS
 from nrnn_plugin.layers.reference import GATE_COUNT, reference_unroll
-from nrnn_plugin.noise import recording, replaying
+from nrnn_plugin.layers.signature import LayerPass, LayerWeights
+from nrnn_plugin.runtime import recording, replaying
 
 DTYPE = torch.float64
 I, H = 3, 4
@@ -88,9 +92,40 @@ def _case(mode: str, layout: SequenceLayout, bias: bool, seed: int):
     return generator, x, weights, h0, c0
 
 
-def _results_and_grads(kernel, inputs, noise_h, noise_c, reverse, layout, generator_seed: int):
+#: The backward node of each mode's hand-written kernel.
+BACKWARD = {
+    "LSTM": "LSTMSequenceBackward",
+    "GRU": "GRUSequenceBackward",
+    "RNN_TANH": "ElmanSequenceBackward",
+    "RNN_RELU": "ElmanSequenceBackward",
+}
+
+
+def _graph(tensor: torch.Tensor) -> set[str]:
+    """Class names of every node in the autograd graph behind ``tensor``."""
+    names, stack, seen = set(), [tensor.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.add(type(node).__name__)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return names
+
+
+def _pass(layout, inputs, noise_h, noise_c, reverse) -> LayerPass:
     x, weights, h0, c0 = inputs
-    out, h_n, c_n = kernel(x, layout, *weights, h0, c0, noise_h, noise_c, reverse)
+    return LayerPass(x, layout, LayerWeights(*weights), h0, c0, noise_h, noise_c, reverse)
+
+
+def _results_and_grads(kernel, mode, inputs, noise_h, noise_c, reverse, layout, generator_seed: int, *, expect=None):
+    """Results and gradients of ``kernel``; ``expect``: ``"function"`` or ``"reference"``, the kernel that must run."""
+    x, weights, h0, c0 = inputs
+    out, h_n, c_n = kernel(mode, _pass(layout, inputs, noise_h, noise_c, reverse))
+    if expect is not None:
+        ran = "function" if BACKWARD[mode] in _graph(out) else "reference"
+        assert ran == expect, f"{mode}: the {ran} kernel ran, expected the {expect} kernel"
     generator = torch.Generator().manual_seed(generator_seed)
     results = [out, h_n] + ([] if c_n is None else [c_n])
     loss = sum((torch.randn(r.shape, dtype=DTYPE, generator=generator) * r).sum() for r in results)
@@ -112,22 +147,20 @@ def _compare(mode: str, layout_name: str, bias: bool, reverse: bool, form_h: str
     noise_h = _noise(form_h, layout.rows, generator)
     noise_c = _noise(form_c, layout.rows, generator) if mode == "LSTM" else None
     inputs = (x, weights, h0, c0)
-
-    def reference(*args):
-        return reference_unroll(mode, *args)
-
-    expected = _results_and_grads(reference, inputs, noise_h, noise_c, reverse, layout, seed + 1)
-    actual = _results_and_grads(FUNCTION_KERNELS[mode], inputs, noise_h, noise_c, reverse, layout, seed + 1)
+    expected = _results_and_grads(reference_unroll, mode, inputs, noise_h, noise_c, reverse, layout, seed + 1)
+    actual = _results_and_grads(
+        function_kernel, mode, inputs, noise_h, noise_c, reverse, layout, seed + 1, expect="function"
+    )
     what = f"{mode} {layout_name} bias={bias} reverse={reverse} noise_h={form_h} noise_c={form_c}"
     _assert_close(actual[0], expected[0], what + " results")
     _assert_close(actual[1], expected[1], what + " grads")
 
 
-def test_registered():
-    assert FUNCTION_KERNELS["LSTM"] is functions.lstm_sequence
-    assert FUNCTION_KERNELS["GRU"] is functions.gru_sequence
-    assert FUNCTION_KERNELS["RNN_TANH"] is functions.rnn_tanh_sequence
-    assert FUNCTION_KERNELS["RNN_RELU"] is functions.rnn_relu_sequence
+def test_unknown_mode_is_an_error_naming_the_modes():
+    layout = LAYOUTS["uniform"]
+    _, x, weights, h0, _ = _case("GRU", layout, True, 1)
+    with pytest.raises(ValueError, match=r"mode must be one of \('LSTM', 'GRU', 'RNN_TANH', 'RNN_RELU'\), got 'LSTMP'"):
+        function_kernel("LSTMP", _pass(layout, (x, weights, h0, None), None, None, False))
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -170,8 +203,8 @@ def test_single_bias(present):
         weights[3 if present == "b_ih" else 2] = None
         noise_h = _noise("add_mult", layout.rows, generator)
         inputs = (x, weights, h0, c0)
-        expected = _results_and_grads(lambda *a: reference_unroll(mode, *a), inputs, noise_h, None, False, layout, 3)
-        actual = _results_and_grads(FUNCTION_KERNELS[mode], inputs, noise_h, None, False, layout, 3)
+        expected = _results_and_grads(reference_unroll, mode, inputs, noise_h, None, False, layout, 3)
+        actual = _results_and_grads(function_kernel, mode, inputs, noise_h, None, False, layout, 3, expect="function")
         _assert_close(actual[0] + actual[1], expected[0] + expected[1], f"{mode} only {present}")
 
 
@@ -181,7 +214,9 @@ def test_backward_twice_with_retained_graph():
     for mode in MODES:
         generator, x, weights, h0, c0 = _case(mode, layout, True, 37)
         noise = _noise("reference_tensor", layout.rows, generator)
-        out, h_n, c_n = FUNCTION_KERNELS[mode](x, layout, *weights, h0, c0, noise, noise if c0 is not None else None, True)
+        p = _pass(layout, (x, weights, h0, c0), noise, noise if c0 is not None else None, True)
+        out, h_n, c_n = function_kernel(mode, p)
+        assert BACKWARD[mode] in _graph(out)
         loss = out.sin().sum() + h_n.sum() + (0.0 if c_n is None else c_n.sum())
         leaves = [t for t in (x, *weights, h0, c0) if t is not None]
         first = torch.autograd.grad(loss, leaves, retain_graph=True)
@@ -196,8 +231,9 @@ def test_only_final_state_used():
         generator, x, weights, h0, c0 = _case(mode, layout, True, 11)
         noise = _noise("add_mult", layout.rows, generator)
         grads = []
-        for kernel in (lambda *a: reference_unroll(mode, *a), FUNCTION_KERNELS[mode]):
-            out, h_n, c_n = kernel(x, layout, *weights, h0, c0, noise, None, False)
+        for kernel in (reference_unroll, function_kernel):
+            out, h_n, c_n = kernel(mode, _pass(layout, (x, weights, h0, c0), noise, None, False))
+            assert (BACKWARD[mode] in _graph(h_n)) == (kernel is function_kernel)
             loss = h_n.sin().sum() + (0.0 if c_n is None else c_n.cos().sum())
             grads.append(torch.autograd.grad(loss, [t for t in (x, *weights, h0, c0) if t is not None]))
         _assert_close(list(grads[1]), list(grads[0]), f"{mode} final-state-only grads")
@@ -221,12 +257,15 @@ def test_gradcheck(mode, layout_name, reverse, form_h, form_c):
         weights[2].data.add_(1.0)
     noise_h = _noise(form_h, layout.rows, generator)
     noise_c = _noise(form_c, layout.rows, generator) if mode == "LSTM" else None
-    kernel = FUNCTION_KERNELS[mode]
     leaves = [t for t in (x, *weights, h0, c0) if t is not None]
 
     def function(*tensors):
         x_, w_ih, w_hh, b_ih, b_hh, h0_, *rest = tensors
-        out, h_n, c_n = kernel(x_, layout, w_ih, w_hh, b_ih, b_hh, h0_, rest[0] if rest else None, noise_h, noise_c, reverse)
+        p = LayerPass(
+            x_, layout, LayerWeights(w_ih, w_hh, b_ih, b_hh), h0_, rest[0] if rest else None, noise_h, noise_c, reverse
+        )
+        out, h_n, c_n = function_kernel(mode, p)
+        assert BACKWARD[mode] in _graph(out)
         return (out, h_n) if c_n is None else (out, h_n, c_n)
 
     assert torch.autograd.gradcheck(function, leaves, eps=1e-6, atol=1e-7)
@@ -238,9 +277,10 @@ def test_falls_back_when_coefficient_requires_grad():
     mult = (torch.randn(layout.rows, H, dtype=DTYPE, generator=generator) * 0.3).requires_grad_()
     noise = AffineNoise(mult=mult)
     assert functions.needs_reference(noise)
-    out, h_n, _ = FUNCTION_KERNELS["GRU"](x, layout, *weights, h0, None, noise, None, False)
+    out, h_n, _ = function_kernel("GRU", _pass(layout, (x, weights, h0, None), noise, None, False))
+    assert BACKWARD["GRU"] not in _graph(out)  # the reference ran
     (grad,) = torch.autograd.grad(out.sum() + h_n.sum(), [mult])
-    ref_out, ref_h_n, _ = reference_unroll("GRU", x, layout, *weights, h0, None, noise, None, False)
+    ref_out, ref_h_n, _ = reference_unroll("GRU", _pass(layout, (x, weights, h0, None), noise, None, False))
     (ref_grad,) = torch.autograd.grad(ref_out.sum() + ref_h_n.sum(), [mult])
     _assert_close([out, grad], [ref_out, ref_grad], "fallback")
 
@@ -250,14 +290,20 @@ def test_falls_back_under_torch_func():
     generator, x, weights, h0, c0 = _case("LSTM", layout, True, 17)
     noise = _noise("add_mult", layout.rows, generator)
     w_hh = weights[1].detach()
+    ran = []
 
     def loss(w):
-        out, _, _ = FUNCTION_KERNELS["LSTM"](x.detach(), layout, weights[0].detach(), w, None, None, h0.detach(), c0.detach(), noise, None, False)
+        p = LayerPass(x.detach(), layout, LayerWeights(weights[0].detach(), w), h0.detach(), c0.detach(), noise)
+        ran.append(functions.needs_reference(noise))
+        out, _, _ = function_kernel("LSTM", p)
         return out.sum()
 
     grad = torch.func.grad(loss)(w_hh)
+    assert ran == [True]  # torch.func is active: the kernel hands over to the reference
     w = w_hh.clone().requires_grad_()
-    out, _, _ = reference_unroll("LSTM", x.detach(), layout, weights[0].detach(), w, None, None, h0.detach(), c0.detach(), noise, None, False)
+    out, _, _ = reference_unroll(
+        "LSTM", LayerPass(x.detach(), layout, LayerWeights(weights[0].detach(), w), h0.detach(), c0.detach(), noise)
+    )
     (expected,) = torch.autograd.grad(out.sum(), [w])
     _assert_close([grad], [expected], "torch.func fallback")
 
@@ -265,7 +311,8 @@ def test_falls_back_under_torch_func():
 def test_double_backward_is_an_error():
     layout = LAYOUTS["uniform"]
     generator, x, weights, h0, c0 = _case("RNN_TANH", layout, True, 19)
-    out, _, _ = FUNCTION_KERNELS["RNN_TANH"](x, layout, *weights, h0, None, _noise("additive", layout.rows, generator), None, False)
+    p = _pass(layout, (x, weights, h0, None), _noise("additive", layout.rows, generator), None, False)
+    out, _, _ = function_kernel("RNN_TANH", p)
     (grad,) = torch.autograd.grad(out.pow(2).sum(), [x], create_graph=True)
     with pytest.raises(RuntimeError):
         torch.autograd.grad(grad.sum(), [x])
@@ -275,7 +322,9 @@ def test_bad_coefficient_shape():
     layout = LAYOUTS["uniform"]
     _, x, weights, h0, _ = _case("GRU", layout, True, 23)
     with pytest.raises(ValueError, match="noise_h.add"):
-        FUNCTION_KERNELS["GRU"](x, layout, *weights, h0, None, AffineNoise(add=torch.zeros(2, H, dtype=DTYPE)), None, False)
+        function_kernel(
+            "GRU", _pass(layout, (x, weights, h0, None), AffineNoise(add=torch.zeros(2, H, dtype=DTYPE)), None, False)
+        )
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -284,15 +333,15 @@ def test_bfloat16_smoke(mode):
     layout = LAYOUTS["packed"]
     generator, x, weights, h0, c0 = _case(mode, layout, True, 29)
     noise = _noise("add_mult", layout.rows, generator)
-    expected, _ = _results_and_grads(lambda *a: reference_unroll(mode, *a), (x, weights, h0, c0), noise, None, True, layout, 1)
+    expected, _ = _results_and_grads(reference_unroll, mode, (x, weights, h0, c0), noise, None, True, layout, 1)
 
     def bf16(t):
         return None if t is None else t.detach().to(torch.bfloat16).requires_grad_()
 
     low = [bf16(x), [bf16(w) for w in weights], bf16(h0), bf16(c0)]
     noise_low = AffineNoise(None, noise.mult.to(torch.bfloat16), noise.add.to(torch.bfloat16))
-    out, h_n, c_n = FUNCTION_KERNELS[mode](low[0], layout, *low[1], low[2], low[3], noise_low, None, True)
-    assert out.dtype == torch.bfloat16
+    out, h_n, c_n = function_kernel(mode, _pass(layout, tuple(low), noise_low, None, True))
+    assert out.dtype == torch.bfloat16 and BACKWARD[mode] in _graph(out)
     (out.float().sum() + h_n.float().sum()).backward()
     assert all(w.grad is not None and torch.isfinite(w.grad).all() for w in low[1])
     for a, e in zip([out, h_n] + ([] if c_n is None else [c_n]), expected):
@@ -314,6 +363,7 @@ def test_module_function_kernel_matches_reference(packed):
         model.zero_grad()
         with use_kernel(kind):
             out, h_n = model(x)
+        assert (BACKWARD["GRU"] in _graph(h_n)) == (kind == "function")
         if packed:
             out = nn.utils.rnn.pad_packed_sequence(out)[0]
         (out.sin().sum() + h_n.cos().sum()).backward()
@@ -326,17 +376,19 @@ def test_module_function_kernel_matches_reference(packed):
     _assert_close(actual, expected, "module GRU")
 
 
-def test_module_lstm_multiplicative_uses_function_kernel(monkeypatch):
-    """Auto kernel choice: LSTM with multiplicative noise goes through the Function kernel."""
-    calls = []
-    original = FUNCTION_KERNELS["LSTM"]
-    monkeypatch.setitem(FUNCTION_KERNELS, "LSTM", lambda *a: calls.append(1) or original(*a))
-    model = nrnn.register_noise(nn.LSTM(3, 4), NoiseConfig(multiplicative=0.1, seed=0)).train()
-    model(torch.randn(5, 2, 3))[0].sum().backward()
-    assert calls == [1]
-
-
-def test_grid_is_exhaustive():
-    """The grid covers every registered mode (a new mode must be added to the tests)."""
-    assert set(FUNCTION_KERNELS) == set(MODES)
-    assert len(list(itertools.product(MODES, LAYOUTS, NOISE_FORMS))) == 4 * 2 * 9
+@pytest.mark.parametrize(
+    "config, backward",
+    [
+        (NoiseConfig(multiplicative=0.1, seed=0), "LSTMSequenceBackward"),
+        (NoiseConfig(additive=0.1, target="c", seed=0), "LSTMSequenceBackward"),
+        (NoiseConfig(additive=0.1, seed=0), "MkldnnRnnLayerBackward0"),
+    ],
+    ids=["multiplicative", "cell", "additive-fused"],
+)
+def test_module_lstm_auto_kernel_choice(config, backward):
+    """Auto kernel choice: the fused path for additive noise on h, the Function kernel otherwise."""
+    model = nrnn.register_noise(nn.LSTM(3, 4), config).train()
+    out, _ = model(torch.randn(5, 2, 3))
+    graph = _graph(out)
+    assert backward in graph, sorted(graph)
+    assert ("LSTMSequenceBackward" in graph) == (backward == "LSTMSequenceBackward")

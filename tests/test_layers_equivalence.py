@@ -20,6 +20,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 import nrnn_plugin as nrnn
 from nrnn_plugin.layers import use_kernel
+from nrnn_plugin.runtime import runtime_of
 
 DTYPE = torch.float64
 I, H, T, B = 3, 4, 5, 3
@@ -73,7 +74,11 @@ def _run(module: nn.Module, kind: str, given_state: bool, seed: int) -> list[tor
     generator = torch.Generator().manual_seed(seed)
     inp, leaf = _make_input(kind, generator)
     directions = 2 if module.bidirectional else 1
-    hx = _initial_state(module.mode, module.num_layers, directions, kind != "unbatched", generator) if given_state else None
+    hx = (
+        _initial_state(module.mode, module.num_layers, directions, kind != "unbatched", generator)
+        if given_state
+        else None
+    )
     results = _flatten(module(inp, hx))
     _loss(results).backward()
     leaves = [leaf] + ([] if hx is None else list(hx) if isinstance(hx, tuple) else [hx])
@@ -92,10 +97,10 @@ def test_zero_noise_training_path_matches_torch(mode, layers, bidirectional, bia
     plain = MODULES[mode](num_layers=layers, bidirectional=bidirectional, bias=bias, batch_first=kind == "batch_first")
     plain = plain.to(DTYPE)
     noisy = nrnn.register_noise(copy.deepcopy(plain), nrnn.NoiseConfig(additive=0.1, multiplicative=0.1))
-    noisy._nrnn_runtime.source = ZeroNoise("zero")
+    runtime_of(noisy).source = ZeroNoise("zero")
     if kernel == "auto" and mode == "LSTM":  # exercise the exact fused fast path too
-        noisy._nrnn_runtime.config = noisy._nrnn_runtime.config.replace(multiplicative=0.0)
-        noisy._nrnn_runtime._diffusion = None
+        runtime_of(noisy).config = runtime_of(noisy).config.replace(multiplicative=0.0)
+        runtime_of(noisy)._diffusion = None
     with use_kernel(kernel):
         got = _run(noisy, kind, given_state, seed=1)
     expected = _run(plain, kind, given_state, seed=1)
@@ -111,7 +116,7 @@ def test_inter_layer_dropout_is_applied_between_layers_only(mode):
     torch.manual_seed(0)
     plain = MODULES[mode](num_layers=3, dropout=0.4).to(DTYPE)
     noisy = nrnn.register_noise(copy.deepcopy(plain), nrnn.NoiseConfig(additive=0.1))
-    noisy._nrnn_runtime.source = ZeroNoise("zero")
+    runtime_of(noisy).source = ZeroNoise("zero")
     x = torch.randn(T, B, I, dtype=DTYPE)
     singles = []
     for layer in range(3):
@@ -152,7 +157,7 @@ def test_cells_with_zero_noise_match_torch(cell_cls, batched, target):
     torch.manual_seed(0)
     plain = cell_cls(I, H).to(DTYPE)
     noisy = nrnn.register_noise(copy.deepcopy(plain), nrnn.NoiseConfig(additive=0.1, multiplicative=0.1, target=target))
-    noisy._nrnn_runtime.source = ZeroNoise("zero")
+    runtime_of(noisy).source = ZeroNoise("zero")
     x = torch.randn(B, I, dtype=DTYPE) if batched else torch.randn(I, dtype=DTYPE)
     state_shape = (B, H) if batched else (H,)
     hx = torch.randn(*state_shape, dtype=DTYPE)

@@ -12,14 +12,19 @@ from torch import nn
 
 lightning = pytest.importorskip("lightning")
 import lightning.pytorch as pl  # noqa: E402
+from nrnn_testing import runtimes  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 import nrnn_plugin as nrnn  # noqa: E402
-from nrnn_plugin.hookspecs import hookimpl  # noqa: E402
+from nrnn_plugin.integrations.lightning import LEVEL_METRIC, REG_METRIC, NoisyRNNCallback  # noqa: E402
 from nrnn_plugin.layers import NoisyLSTM  # noqa: E402
-from nrnn_plugin.lightning import LEVEL_METRIC, REG_METRIC, NoisyRNNCallback  # noqa: E402
-from nrnn_plugin.plugins import register, unregister  # noqa: E402
-from nrnn_plugin.runtime import runtimes  # noqa: E402
+from nrnn_plugin.noise import gaussian_sampler
+from nrnn_plugin.plugins import (  # noqa: E402
+    hookimpl,  # noqa: E402
+    register,
+    unregister,
+)
+from nrnn_plugin.runtime import runtime_of  # noqa: E402
 
 CONFIG = nrnn.NoiseConfig(additive=0.1, seed=0)
 
@@ -121,9 +126,12 @@ class PhaseSpy(pl.Callback):
         self.levels: list[tuple[int, float]] = []
 
     @hookimpl
-    def nrnn_sample_noise(self, source, shape, device, dtype):
-        self.draws[self.phase] = self.draws.get(self.phase, 0) + 1
-        return None  # the built-in sampler draws
+    def nrnn_sampler(self, name, module, config):
+        def counting(source, shape, device, dtype):
+            self.draws[self.phase] = self.draws.get(self.phase, 0) + 1
+            return gaussian_sampler(source, shape, device, dtype)
+
+        return counting
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self.phase = "train"
@@ -243,10 +251,10 @@ def test_mapping_config_and_environment_activation(monkeypatch):
 
 def test_prenoised_model_keeps_its_registration(tmp_path):
     model = nrnn.register_noise(TinyForecaster(), CONFIG.replace(additive=0.3))
-    runtime_before = model.lstm._nrnn_runtime
+    runtime_before = runtime_of(model.lstm)
     trainer = _trainer(tmp_path, [NoisyRNNCallback(CONFIG.replace(schedule={"kind": "linear", "warmup": 100}))])
     trainer.fit(model, datamodule=TinyData())
-    assert type(model.lstm) is NoisyLSTM and model.lstm._nrnn_runtime is runtime_before
+    assert type(model.lstm) is NoisyLSTM and runtime_of(model.lstm) is runtime_before
     assert runtime_before.level == 1.0  # the schedule's level is reset when the callback lets go
 
 
@@ -400,7 +408,11 @@ def _run_cli(tmp_path, monkeypatch, env):
     config = tmp_path / "config.yaml"
     config.write_text(CLI_YAML)
     cli = LightningCLI(
-        TinyForecaster, TinyData, args=["fit", "--config", str(config)], save_config_callback=None, seed_everything_default=0
+        TinyForecaster,
+        TinyData,
+        args=["fit", "--config", str(config)],
+        save_config_callback=None,
+        seed_everything_default=0,
     )
     callbacks = [c for c in cli.trainer.callbacks if isinstance(c, NoisyRNNCallback)]
     assert len(callbacks) == 1
@@ -431,6 +443,6 @@ def test_streams_of_an_unavailable_device_restart_with_a_warning(tmp_path):
     callback.setup(trainer, model, "fit")
     with pytest.warns(UserWarning, match=r"\['cuda:0'\] cannot be restored"):
         callback.load_state_dict(state)
-    restored = model.lstm._nrnn_runtime.source.state_dict()["generators"]
+    restored = runtime_of(model.lstm).source.state_dict()["generators"]
     assert list(restored) == ["cpu"] and torch.equal(restored["cpu"], cpu_state)
     callback.teardown(trainer, model, "fit")

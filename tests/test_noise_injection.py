@@ -20,6 +20,7 @@ from torch import nn
 import nrnn_plugin as nrnn
 from nrnn_plugin.layers import use_kernel
 from nrnn_plugin.noise import FixedNoise, derive_seed
+from nrnn_plugin.runtime import runtime_of
 
 DTYPE = torch.float64
 I, H, T, B = 3, 5, 6, 4
@@ -85,14 +86,14 @@ def _hand_reference(module, x, draws, cfg, h0=None, c0=None):
             h = torch.zeros(B, H, dtype=DTYPE) if h0 is None else h0[layer * directions + d]
             c = torch.zeros(B, H, dtype=DTYPE) if c0 is None else c0[layer * directions + d]
             out = [None] * T
-            for t in (range(T - 1, -1, -1) if d else range(T)):
+            for t in range(T - 1, -1, -1) if d else range(T):
                 rows = draw[t * B : (t + 1) * B]
                 noise = {tg: rows[:, i * per_target : (i + 1) * per_target] for i, tg in enumerate(targets)}
                 if is_lstm:
                     if "c" in noise:
-                        gates = nn.functional.linear(layer_input[t], cell.weight_ih, cell.bias_ih) + nn.functional.linear(
-                            h, cell.weight_hh, cell.bias_hh
-                        )
+                        gates = nn.functional.linear(
+                            layer_input[t], cell.weight_ih, cell.bias_ih
+                        ) + nn.functional.linear(h, cell.weight_hh, cell.bias_hh)
                         i_g, f_g, g_g, o_g = gates.chunk(4, 1)
                         c_clean = torch.sigmoid(f_g) * c + torch.sigmoid(i_g) * torch.tanh(g_g)
                         xa, xm = _split_draw(noise["c"], per_target, sa, sm, scheme, cfg.shared_multiplicative)
@@ -135,12 +136,16 @@ SCHEME_CASES = [
 def test_known_noise_matches_hand_computed_recursion(scheme, sa, sm, dt, shared, mode_target, kernel):
     mode, target = mode_target.split("/")
     torch.manual_seed(0)
-    module = {"RNN_TANH": nn.RNN, "GRU": nn.GRU, "LSTM": nn.LSTM}[mode](I, H, num_layers=2, bidirectional=True).to(DTYPE)
+    module = {"RNN_TANH": nn.RNN, "GRU": nn.GRU, "LSTM": nn.LSTM}[mode](I, H, num_layers=2, bidirectional=True).to(
+        DTYPE
+    )
     plain = copy.deepcopy(module)
-    cfg = nrnn.NoiseConfig(additive=sa, multiplicative=sm, dt=dt, scheme=scheme, target=target, shared_multiplicative=shared)
+    cfg = nrnn.NoiseConfig(
+        additive=sa, multiplicative=sm, dt=dt, scheme=scheme, target=target, shared_multiplicative=shared
+    )
     nrnn.register_noise(module, cfg)
     source = GeneratedNoise(seed=3)
-    module._nrnn_runtime.source = source
+    runtime_of(module).source = source
     x = torch.randn(T, B, I, dtype=DTYPE)
     h0 = torch.randn(4, B, H, dtype=DTYPE)
     c0 = torch.randn(4, B, H, dtype=DTYPE)
@@ -169,7 +174,7 @@ def test_lstm_fast_path_equals_unrolled_path_with_the_same_noise(packed, layers,
     results = []
     for kernel in ("auto", "reference"):
         module.zero_grad()
-        module._nrnn_runtime.source = GeneratedNoise(seed=9)
+        runtime_of(module).source = GeneratedNoise(seed=9)
         leaf = x.clone().requires_grad_(True)
         inp = nn.utils.rnn.pack_padded_sequence(leaf, lengths, enforce_sorted=False) if packed else leaf
         with use_kernel(kernel):
@@ -182,7 +187,10 @@ def test_lstm_fast_path_equals_unrolled_path_with_the_same_noise(packed, layers,
         torch.testing.assert_close(fast, slow, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("cell_cls, target", [(nn.RNNCell, "h"), (nn.GRUCell, "h"), (nn.LSTMCell, "h"), (nn.LSTMCell, "c"), (nn.LSTMCell, "both")])
+@pytest.mark.parametrize(
+    "cell_cls, target",
+    [(nn.RNNCell, "h"), (nn.GRUCell, "h"), (nn.LSTMCell, "h"), (nn.LSTMCell, "c"), (nn.LSTMCell, "both")],
+)
 @pytest.mark.parametrize("scheme", ["euler_maruyama", "milstein", "reference"])
 def test_known_noise_on_cells(cell_cls, target, scheme):
     torch.manual_seed(0)
@@ -190,7 +198,7 @@ def test_known_noise_on_cells(cell_cls, target, scheme):
     plain = copy.deepcopy(cell)
     cfg = nrnn.NoiseConfig(additive=0.3, multiplicative=0.2, dt=0.5, scheme=scheme, target=target)
     nrnn.register_noise(cell, cfg)
-    cell._nrnn_runtime.source = source = GeneratedNoise(seed=4)
+    runtime_of(cell).source = source = GeneratedNoise(seed=4)
     x = torch.randn(B, I, dtype=DTYPE)
     h = torch.randn(B, H, dtype=DTYPE)
     c = torch.randn(B, H, dtype=DTYPE)
@@ -200,14 +208,20 @@ def test_known_noise_on_cells(cell_cls, target, scheme):
         targets = ("h",) if target == "h" else (("c",) if target == "c" else ("h", "c"))
         width = draw.shape[1] // len(targets)
         cols = {tg: draw[:, i * width : (i + 1) * width] for i, tg in enumerate(targets)}
-        gates = nn.functional.linear(x, plain.weight_ih, plain.bias_ih) + nn.functional.linear(h, plain.weight_hh, plain.bias_hh)
+        gates = nn.functional.linear(x, plain.weight_ih, plain.bias_ih) + nn.functional.linear(
+            h, plain.weight_hh, plain.bias_hh
+        )
         i_g, f_g, g_g, o_g = gates.chunk(4, 1)
         c_new = torch.sigmoid(f_g) * c + torch.sigmoid(i_g) * torch.tanh(g_g)
         if "c" in cols:
-            c_new = _scheme_step(scheme, c_new, c, *_split_draw(cols["c"], width, 0.3, 0.2, scheme, False), 0.3, 0.2, 0.5)
+            c_new = _scheme_step(
+                scheme, c_new, c, *_split_draw(cols["c"], width, 0.3, 0.2, scheme, False), 0.3, 0.2, 0.5
+            )
         h_new = torch.sigmoid(o_g) * torch.tanh(c_new)
         if "h" in cols:
-            h_new = _scheme_step(scheme, h_new, h, *_split_draw(cols["h"], width, 0.3, 0.2, scheme, False), 0.3, 0.2, 0.5)
+            h_new = _scheme_step(
+                scheme, h_new, h, *_split_draw(cols["h"], width, 0.3, 0.2, scheme, False), 0.3, 0.2, 0.5
+            )
         torch.testing.assert_close(got_h, h_new, rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(got_c, c_new, rtol=1e-10, atol=1e-12)
     else:
@@ -221,7 +235,7 @@ def test_fixed_noise_source_replaces_sampling():
     module = nrnn.register_noise(nn.GRU(I, H).to(DTYPE), nrnn.NoiseConfig(additive=1.0))
     draw = torch.zeros(1, T * B, H, dtype=DTYPE)
     draw[0, :B] = 1.0  # unit noise on every unit at the first step only
-    module._nrnn_runtime.source = FixedNoise([draw])
+    runtime_of(module).source = FixedNoise([draw])
     x = torch.randn(T, B, I, dtype=DTYPE)
     out, _ = module(x)
     module.eval()
@@ -292,7 +306,10 @@ def test_reference_scheme_has_its_biased_mean():
     expected = h_value + dt * (1 - sm / 2) * (0.0 - h_value)
     # m ~ U[1 - sm, 1]: Var(h') = dt^2 h^2 sm^2 / 12 -> s.e. of the mean ~ 1.8e-4
     assert mean == pytest.approx(expected, abs=1.5e-3)
-    assert out.min().item() >= h_value - dt * h_value - 1e-6 and out.max().item() <= h_value - dt * (1 - sm) * h_value + 1e-6
+    assert (
+        out.min().item() >= h_value - dt * h_value - 1e-6
+        and out.max().item() <= h_value - dt * (1 - sm) * h_value + 1e-6
+    )
 
 
 # ---------------------------------------------------------------------------------------------- seeds, ranks, RNG
@@ -330,7 +347,7 @@ def test_unseeded_noise_follows_torch_manual_seed():
     torch.manual_seed(5)
     model = nrnn.register_noise(nn.GRU(I, H), nrnn.NoiseConfig(additive=0.5))
     model.load_state_dict(nn.GRU(I, H).state_dict())
-    assert model._nrnn_runtime.source.generator("cpu").initial_seed() == derive_seed(None, "", 0)
+    assert runtime_of(model).source.generator("cpu").initial_seed() == derive_seed(None, "", 0)
 
 
 def test_global_rng_state_is_never_touched():
@@ -346,7 +363,7 @@ def test_global_rng_state_is_never_touched():
 
 
 def test_recording_and_replaying_reproduce_a_draw_exactly():
-    from nrnn_plugin.noise import recording, replaying
+    from nrnn_plugin.runtime import recording, replaying
 
     model = nrnn.register_noise(nn.Sequential(nn.GRU(I, H)), nrnn.NoiseConfig(additive=0.3, multiplicative=0.2))
     x = torch.randn(T, B, I)
@@ -363,11 +380,11 @@ def test_noise_source_state_round_trip_continues_the_stream():
     model = nrnn.register_noise(nn.GRU(I, H), nrnn.NoiseConfig(additive=0.3, seed=4))
     x = torch.randn(T, B, I)
     model(x)
-    state = model._nrnn_runtime.source.state_dict()
+    state = runtime_of(model).source.state_dict()
     expected = model(x)[0]
     other = nrnn.register_noise(copy.deepcopy(nn.GRU(I, H)), nrnn.NoiseConfig(additive=0.3, seed=99))
     other.load_state_dict(model.state_dict())
-    other._nrnn_runtime.source.load_state_dict(state)
+    runtime_of(other).source.load_state_dict(state)
     assert torch.equal(other(x)[0], expected)
 
 
@@ -379,7 +396,7 @@ def test_noise_source_state_round_trip_continues_the_stream():
 def test_cpu_autocast_bfloat16_draws_noise_in_the_compute_dtype(kernel, mode):
     module = getattr(nn, mode)(I, H, num_layers=2)
     nrnn.register_noise(module, nrnn.NoiseConfig(additive=0.1, multiplicative=0.1, seed=0))
-    module._nrnn_runtime.source = source = GeneratedNoise(seed=0)
+    runtime_of(module).source = source = GeneratedNoise(seed=0)
     x = torch.randn(T, B, I)
     with use_kernel(kernel), torch.autocast("cpu", dtype=torch.bfloat16):
         out, _ = module(x)
@@ -399,8 +416,8 @@ def test_cuda_matches_cpu_with_the_same_noise(mode):
     cfg = nrnn.NoiseConfig(additive=0.2, multiplicative=0.1, seed=0)
     nrnn.register_noise(cpu, cfg), nrnn.register_noise(gpu, cfg)
     draws = [torch.randn(2, T * B, 2 * H) for _ in range(2)]
-    cpu._nrnn_runtime.source = FixedNoise(draws)
-    gpu._nrnn_runtime.source = FixedNoise(draws)
+    runtime_of(cpu).source = FixedNoise(draws)
+    runtime_of(gpu).source = FixedNoise(draws)
     x = torch.randn(T, B, I)
     out_cpu, _ = cpu(x)
     out_gpu, _ = gpu(x.cuda())
@@ -408,4 +425,4 @@ def test_cuda_matches_cpu_with_the_same_noise(mode):
     # a CUDA generator per device, drawing on the device
     fresh = nrnn.register_noise(getattr(nn, mode)(I, H).cuda(), cfg)
     fresh(x.cuda())
-    assert "cuda:0" in fresh._nrnn_runtime.source._generators or "cuda" in fresh._nrnn_runtime.source._generators
+    assert "cuda:0" in runtime_of(fresh).source._generators or "cuda" in runtime_of(fresh).source._generators

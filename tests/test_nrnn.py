@@ -16,8 +16,9 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import nrnn_plugin as nrnn
+from nrnn_plugin.layers.nrnn import NRNN, NoisyNRNN, NoisyNRNNCell, NRNNCell
 from nrnn_plugin.noise import FixedNoise
-from nrnn_plugin.nrnn import NRNN, NoisyNRNN, NoisyNRNNCell, NRNNCell
+from nrnn_plugin.runtime import runtime_of
 
 DTYPE = torch.float64
 I, H, T, B = 3, 4, 6, 3
@@ -40,7 +41,9 @@ def _structured(M: torch.Tensor, beta: float, gamma: float) -> torch.Tensor:
     return beta * (M - M.T) + (1 - beta) * (M + M.T) - gamma * torch.eye(M.shape[0], dtype=M.dtype)
 
 
-def _hand_recursion(model: NRNN, x: torch.Tensor, h0: torch.Tensor, noise=None, layer: int = 0, suffix: str | None = None):
+def _hand_recursion(
+    model: NRNN, x: torch.Tensor, h0: torch.Tensor, noise=None, layer: int = 0, suffix: str | None = None
+):
     """``h <- noise(t, h + d * (alpha A h + tanh(W h + U x + b)), h)`` with a Python loop; x: [T, B, I]."""
     sfx = suffix if suffix is not None else f"_l{layer}"
     U = getattr(model, "weight_ih" + sfx)
@@ -265,7 +268,7 @@ def test_cell_matches_one_layer_step_and_noise():
     nrnn.register_noise(cell, nrnn.NoiseConfig(additive=0.3, dt=0.5))
     assert type(cell) is NoisyNRNNCell
     draw = torch.randn(B, H, dtype=DTYPE, generator=_gen(2))
-    cell._nrnn_runtime.source = FixedNoise([draw])
+    runtime_of(cell).source = FixedNoise([draw])
     cell.train()
     expected = layer(x, h.unsqueeze(0))[1][0] + math.sqrt(0.5) * 0.3 * draw
     torch.testing.assert_close(cell(x[0], h), expected, rtol=0, atol=ATOL)
@@ -279,7 +282,7 @@ def test_cell_matches_one_layer_step_and_noise():
 def _noisy(config: nrnn.NoiseConfig, draws: list[torch.Tensor], **kwargs) -> NRNN:
     model = nrnn.register_noise(_layer(**kwargs), config)
     assert type(model) is NoisyNRNN
-    model._nrnn_runtime.source = FixedNoise(draws)
+    runtime_of(model).source = FixedNoise(draws)
     return model.train()
 
 
@@ -398,7 +401,7 @@ def test_noise_only_in_training_and_swap_is_reversible():
     torch.testing.assert_close(model(x)[0], clean, rtol=0, atol=0)
     model.train()
     assert (model(x)[0] - clean).abs().max() > 1e-3
-    with nrnn.runtime.noise_override(model, False):
+    with nrnn.runtime.noise_control(model, inject=False):
         torch.testing.assert_close(model(x)[0], clean, rtol=0, atol=0)
     nrnn.remove_noise(model)
     assert type(model) is NRNN and not nrnn.is_noisy(model)
@@ -459,8 +462,11 @@ def test_sequence_kernel_matches_the_autograd_unroll(case, learn_dt):
         if config is not None:
             nrnn.register_noise(model, config)
             probe = torch.Generator().manual_seed(5)
-            model._nrnn_runtime.source = FixedNoise(
-                [torch.randn(2, T * B, w, dtype=DTYPE, generator=probe) for w in [model._nrnn_runtime.diffusion().width(H)] * 2]
+            runtime_of(model).source = FixedNoise(
+                [
+                    torch.randn(2, T * B, w, dtype=DTYPE, generator=probe)
+                    for w in [runtime_of(model).diffusion().width(H)] * 2
+                ]
             )
         with use_kernel(kernel):
             results.append(_forward_and_grads(model.train(), x, h0))
@@ -469,7 +475,7 @@ def test_sequence_kernel_matches_the_autograd_unroll(case, learn_dt):
 
 
 def test_sequence_kernel_gradcheck_and_mean_coefficients():
-    from nrnn_plugin.nrnn import NRNNSequence
+    from nrnn_plugin.layers.nrnn_kernel import NRNNSequence
 
     g = _gen(7)
     xw = torch.randn(4, 2, 3, dtype=DTYPE, generator=g, requires_grad=True)
@@ -487,10 +493,11 @@ def test_sequence_kernel_gradcheck_and_mean_coefficients():
 
 def test_coefficients_that_require_grad_fall_back_to_autograd():
     model = nrnn.register_noise(_layer(), nrnn.NoiseConfig(additive=0.3, scheme="reference", multiplicative=0.2))
-    model._nrnn_runtime.source = FixedNoise([torch.randn(1, T * B, 2 * H, dtype=DTYPE, generator=_gen(3))])
+    runtime_of(model).source = FixedNoise([torch.randn(1, T * B, 2 * H, dtype=DTYPE, generator=_gen(3))])
     scale = torch.tensor(0.5, dtype=DTYPE, requires_grad=True)
-    model._nrnn_runtime.probe_scale = scale
-    out, _ = model.train()(torch.randn(T, B, I, dtype=DTYPE, generator=_gen()))
+    with nrnn.runtime.noise_control(model, scale=scale):
+        out, _ = model.train()(torch.randn(T, B, I, dtype=DTYPE, generator=_gen()))
+    assert "NRNNSequenceBackward" not in type(out.grad_fn).__name__  # the autograd unroll ran
     (grad,) = torch.autograd.grad(out.sum(), scale)
     assert grad.abs() > 0
 

@@ -12,7 +12,7 @@ import nrnn_plugin as nrnn
 pf = pytest.importorskip("pytorch_forecasting")
 lightning = pytest.importorskip("lightning.pytorch")
 
-from nrnn_plugin.adapters.forecasting_nrnn import (  # noqa: E402
+from nrnn_plugin.adapters.forecasting.nrnn import (  # noqa: E402
     ForecastingNRNN,
     NoisyForecastingNRNN,
     use_nrnn,

@@ -1,5 +1,6 @@
-"""The built wheel: installs nrnn_plugin.adapters as a subpackage (never a top-level ``adapters``) and its
-entry points resolve in a fresh environment."""
+"""The built wheel: installs nrnn_plugin.adapters (and its forecasting subpackage) as subpackages, never a
+top-level ``adapters``; ships ``py.typed``; declares no entry points of its own (the shipped adapters are default
+plugins registered by module path) and works in a fresh environment."""
 
 from __future__ import annotations
 
@@ -29,15 +30,21 @@ def wheel(tmp_path_factory) -> Path:
 
 def test_wheel_contents_map_adapters_into_the_package(wheel):
     names = zipfile.ZipFile(wheel).namelist()
-    assert "nrnn_plugin/adapters/__init__.py" in names
-    assert "nrnn_plugin/adapters/torch_adapter.py" in names
-    assert "nrnn_plugin/layers/recurrent.py" in names
-    assert not any(name.startswith("adapters/") for name in names)
-    assert not any(name.startswith("tests/") for name in names)
+    for expected in (
+        "nrnn_plugin/adapters/__init__.py",
+        "nrnn_plugin/adapters/torch_adapter.py",
+        "nrnn_plugin/adapters/forecasting/classes.py",
+        "nrnn_plugin/layers/recurrent.py",
+        "nrnn_plugin/app/cli.py",
+        "nrnn_plugin/plugins/manager.py",
+        "nrnn_plugin/py.typed",
+    ):
+        assert expected in names, expected
+    assert not any(name.startswith(("adapters/", "tests/", "docs/")) for name in names)
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
-    assert "[nrnn_plugin]" in text and "torch = nrnn_plugin.adapters.torch_adapter" in text
-    assert "nrnn = nrnn_plugin.cli:main" in text
+    assert "[nrnn_plugin]" not in text  # entry points are for third parties only
+    assert "nrnn = nrnn_plugin.app.cli:main" in text
 
 
 def test_wheel_installs_and_imports_in_a_fresh_environment(wheel, tmp_path):
@@ -55,7 +62,18 @@ def test_wheel_installs_and_imports_in_a_fresh_environment(wheel, tmp_path):
         ).stdout.strip()
     )
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-compile", "-q", "--target", str(target), str(wheel)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "--no-compile",
+            "-q",
+            "--target",
+            str(target),
+            str(wheel),
+        ],
         check=True,
     )
     assert not (target / "adapters").exists()
@@ -66,10 +84,9 @@ def test_wheel_installs_and_imports_in_a_fresh_environment(wheel, tmp_path):
         import importlib.metadata as md, sys
         import nrnn_plugin, nrnn_plugin.adapters, nrnn_plugin.adapters.torch_adapter
         assert nrnn_plugin.__file__.startswith({str(target)!r}), nrnn_plugin.__file__
-        eps = {{ep.name: ep for ep in md.entry_points(group="nrnn_plugin")}}
-        assert eps["torch"].load() is nrnn_plugin.adapters.torch_adapter
-        for ep in eps.values():
-            ep.load()
+        from nrnn_plugin.plugins import plugin_report
+        shipped = {{entry["name"] for entry in plugin_report() if entry["source"] == "shipped" and entry["loaded"]}}
+        assert shipped == {{"torch", "nrnn", "forecasting"}}, shipped
         import torch
         lstm = nrnn_plugin.register_noise(torch.nn.LSTM(2, 3), additive=0.1)
         assert type(lstm).__name__ == "NoisyLSTM"

@@ -12,6 +12,7 @@ from torch import nn
 import nrnn_plugin as nrnn
 from nrnn_plugin import hookimpl
 from nrnn_plugin.plugins import hook, plugin_report, register, unregister
+from nrnn_plugin.runtime import runtime_of
 
 # A third-party package, outside nrnn_plugin: a tiny custom recurrent module and an adapter that makes it
 # noisy through the hooks. Its noisy class uses the public runtime API (one draw per sequence).
@@ -20,6 +21,7 @@ import torch
 from torch import nn
 
 from nrnn_plugin import hookimpl
+from nrnn_plugin.runtime import runtime_of
 
 
 class TinyRNN(nn.Module):
@@ -52,7 +54,7 @@ class NoisyTinyRNN(TinyRNN):
             raise ValueError("NoiseConfig.target: expected 'h' or 'both' for TinyRNN, got 'c'")
 
     def forward(self, x):
-        runtime = self._nrnn_runtime
+        runtime = runtime_of(self)
         if not runtime.injecting(self.training):
             return super().forward(x)
         steps, batch = x.shape[:2]
@@ -107,11 +109,30 @@ def _load_all():
     return report, [str(w.message) for w in caught]
 
 
-def test_torch_adapter_loads_through_the_entry_point_group(fresh_plugins):
+def test_shipped_adapters_are_default_plugins_registered_by_module_path(fresh_plugins):
     report, _ = _load_all()
-    assert report["torch"]["loaded"] and report["torch"]["source"] == "entry point nrnn-plugin"
+    for name in ("torch", "nrnn", "forecasting"):
+        assert report[name]["loaded"] and report[name]["source"] == "shipped"
     assert "torch.nn.LSTM" in report["torch"]["adapter"]["handles"]
     assert report["builtin"]["loaded"]
+
+
+def test_register_noise_works_without_installed_metadata(fresh_plugins, monkeypatch):
+    """A source tree on PYTHONPATH, a zipapp or a vendored copy has no entry points: the adapters still load."""
+    from importlib import metadata
+
+    from nrnn_plugin.plugins import manager
+
+    calls = []
+
+    def no_entry_points(**kwargs):
+        calls.append(kwargs)
+        return []
+
+    monkeypatch.setattr(metadata, "entry_points", no_entry_points)
+    model = nrnn.register_noise(nn.LSTM(2, 3), additive=0.1)
+    assert type(model).__name__ == "NoisyLSTM" and calls == [{"group": manager.ENTRY_POINT_GROUP}]
+    assert type(nrnn.register_noise(nrnn.NRNN(2, 3), additive=0.1)).__name__ == "NoisyNRNN"
 
 
 def test_third_party_adapter_makes_its_custom_module_noisy(third_party):
@@ -171,12 +192,16 @@ def test_allowlist_narrows_autoload(third_party, monkeypatch):
     assert not messages
 
 
+def _ones(source, shape, device, dtype):
+    return torch.ones(shape, device=device, dtype=dtype)
+
+
 class OnesSampler:
     """A plugin replacing the Gaussian sampler (must use the source's generator in real use)."""
 
     @hookimpl
-    def nrnn_sample_noise(self, source, shape, device, dtype):
-        return torch.ones(shape, device=device, dtype=dtype)
+    def nrnn_sampler(self, name, module, config):
+        return _ones
 
 
 class DecoderOnlyNoise:
@@ -193,10 +218,10 @@ class HalfStepScheme:
     """A plugin overriding the diffusion form for every config."""
 
     @hookimpl
-    def nrnn_diffusion(self, config, level):
+    def nrnn_diffusion(self, config):
         from nrnn_plugin.diffusion import EulerMaruyama
 
-        return EulerMaruyama(config.replace(dt=config.dt / 4), level)
+        return EulerMaruyama(config.replace(dt=config.dt / 4))
 
 
 def test_sampling_hook_replaces_the_sampler(fresh_plugins):
@@ -211,7 +236,7 @@ def test_sampling_hook_replaces_the_sampler(fresh_plugins):
         torch.testing.assert_close(noisy[0], module(x)[0][0] + 0.5)
     finally:
         unregister(plugin)
-    assert hook().nrnn_sample_noise.get_hookimpls()[-1].plugin_name != "OnesSampler"
+    assert all(impl.plugin is not plugin for impl in hook().nrnn_sampler.get_hookimpls())
 
 
 def test_config_resolution_and_diffusion_hooks(fresh_plugins):
@@ -219,9 +244,9 @@ def test_config_resolution_and_diffusion_hooks(fresh_plugins):
     register(HalfStepScheme())
     model = nn.ModuleDict({"encoder": nn.GRU(2, 3), "decoder": nn.GRU(2, 3)})
     nrnn.register_noise(model, nrnn.NoiseConfig(additive=0.1))
-    assert model["decoder"]._nrnn_runtime.config.additive == pytest.approx(0.2)
-    assert not model["encoder"]._nrnn_runtime.injecting(True)
-    assert model["decoder"]._nrnn_runtime.diffusion().dt == pytest.approx(0.25)
+    assert runtime_of(model["decoder"]).config.additive == pytest.approx(0.2)
+    assert not runtime_of(model["encoder"]).injecting(True)
+    assert runtime_of(model["decoder"]).diffusion().dt == pytest.approx(0.25)
 
 
 def test_explicit_registration_twice_is_an_error(fresh_plugins):

@@ -174,7 +174,13 @@ def _trained_models():
     return models
 
 
-GRID = {"white_noise": [0.0, 0.5], "multiplicative_noise": [0.0, 0.5], "salt_and_pepper": [0.0, 0.2], "fgsm": [0.0, 0.3], "pgd": [0.0, 0.3]}
+GRID = {
+    "white_noise": [0.0, 0.5],
+    "multiplicative_noise": [0.0, 0.5],
+    "salt_and_pepper": [0.0, 0.2],
+    "fgsm": [0.0, 0.3],
+    "pgd": [0.0, 0.3],
+}
 
 
 def test_evaluate_classification_schema_and_values():
@@ -192,7 +198,9 @@ def test_evaluate_classification_schema_and_values():
         clean = results[(results.model == name) & (results.strength == 0.0)]["value"]
         assert len(clean) == 5 * 2 and (clean - accuracy).abs().max() < 1e-12
         # deterministic attacks give one value for all seeds; random perturbations differ by seed
-        fgsm_values = results[(results.model == name) & (results.perturbation == "fgsm") & (results.strength > 0)]["value"]
+        fgsm_values = results[(results.model == name) & (results.perturbation == "fgsm") & (results.strength > 0)][
+            "value"
+        ]
         assert fgsm_values.nunique() == 1
         adv = results[(results.model == name) & (results.strength > 0) & results.perturbation.isin(["fgsm", "pgd"])]
         assert (adv["value"] < accuracy).all()
@@ -269,7 +277,7 @@ def test_deepar_is_scored_on_its_median_path_without_future_targets():
     pytest.importorskip("pytorch_forecasting")
     from pytorch_forecasting import DeepAR
 
-    from nrnn_plugin.robustness import median_path_decoding
+    from nrnn_plugin.adapters.forecasting.decoding import median_path_decoding
 
     dataset, loader = _ar_windows()
     torch.manual_seed(0)

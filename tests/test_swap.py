@@ -12,6 +12,7 @@ from torch import nn
 
 import nrnn_plugin as nrnn
 from nrnn_plugin.layers import NoisyGRU, NoisyGRUCell, NoisyLSTM, NoisyLSTMCell, NoisyRNN, NoisyRNNCell
+from nrnn_plugin.runtime import runtime_of
 
 NOISE = nrnn.NoiseConfig(additive=0.1, multiplicative=0.05, seed=0)
 
@@ -94,16 +95,24 @@ def test_all_recurrent_modules_of_a_model_are_selected_and_patterns_narrow_it():
 
 def test_overrides_and_disabled_config():
     model = nrnn.register_noise(nn.GRU(2, 3), additive=0.2)
-    assert model._nrnn_runtime.config.additive == 0.2
+    assert runtime_of(model).config.additive == 0.2
     untouched = nrnn.register_noise(nn.GRU(2, 3), NOISE.replace(enabled=False))
     assert type(untouched) is nn.GRU and not nrnn.is_noisy(untouched)
 
 
-def test_registering_twice_updates_the_config():
+def test_registering_twice_is_an_error_that_keeps_the_stream():
+    """A second registration would silently restart the noise stream (the first draws would repeat): refused."""
     model = nrnn.register_noise(nn.LSTM(2, 3), NOISE)
-    nrnn.register_noise(model, NOISE.replace(additive=0.3))
-    assert type(model) is NoisyLSTM and model._nrnn_runtime.config.additive == 0.3
-    assert type(nrnn.remove_noise(model)) is nn.LSTM
+    runtime = runtime_of(model)
+    model.train()
+    model(torch.randn(4, 1, 2))  # advance the stream
+    state = runtime.source.state_dict()["generators"]["cpu"]
+    with pytest.raises(ValueError, match=r"already noisy.*remove_noise"):
+        nrnn.register_noise(model, NOISE.replace(additive=0.3))
+    assert runtime_of(model) is runtime and runtime.config.additive == NOISE.additive
+    assert torch.equal(runtime.source.state_dict()["generators"]["cpu"], state)
+    nrnn.remove_noise(model)
+    assert type(nrnn.register_noise(model, NOISE.replace(additive=0.3))) is NoisyLSTM  # explicit restart
 
 
 def test_hooks_device_and_dtype_are_kept():
@@ -170,7 +179,7 @@ def test_cell_state_target_on_a_gru_is_rejected():
     with pytest.raises(ValueError, match="GRUCell"):
         nrnn.register_noise(nn.GRUCell(2, 3), NOISE.replace(target="c"))
     both = nrnn.register_noise(nn.GRU(2, 3), NOISE.replace(target="both"))
-    assert both._nrnn_runtime.targets(has_cell_state=False) == ("h",)
+    assert runtime_of(both).targets(has_cell_state=False) == ("h",)
 
 
 def test_a_model_without_recurrent_layers_is_an_error():

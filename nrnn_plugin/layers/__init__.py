@@ -1,7 +1,17 @@
-"""Noisy recurrent layers and cells (switched to by :func:`nrnn_plugin.register_noise`)."""
+"""Noisy recurrent layers and cells (switched to by :func:`nrnn_plugin.register_noise`), the paper's NRNN layer,
+and the kernels they run.
+
+* :mod:`.recurrent`, :mod:`.cells`: noisy ``nn.RNN``/``nn.LSTM``/``nn.GRU`` and their cells;
+* :mod:`.nrnn`: the NRNN (Lipschitz / Antisymmetric / Noisy RNN) layer and cell;
+* :mod:`.kernels`: which kernel runs (:func:`use_kernel`); :mod:`.reference`, :mod:`.functions`,
+  :mod:`.fused_lstm`, :mod:`.nrnn_kernel`: the kernels; :mod:`.signature`, :mod:`.layout`,
+  :mod:`.sequence_io`: what they receive.
+"""
 
 from nrnn_plugin.layers.cells import NoisyGRUCell, NoisyLSTMCell, NoisyRNNCell
-from nrnn_plugin.layers.recurrent import KERNELS, NoisyGRU, NoisyLSTM, NoisyRNN, current_kernel, use_kernel
+from nrnn_plugin.layers.kernels import KERNELS, current_kernel, use_kernel
+from nrnn_plugin.layers.nrnn import NRNN, NoisyNRNN, NoisyNRNNCell, NRNNCell
+from nrnn_plugin.layers.recurrent import NoisyGRU, NoisyLSTM, NoisyRNN
 
 __all__ = [
     "NoisyRNN",
@@ -10,9 +20,11 @@ __all__ = [
     "NoisyRNNCell",
     "NoisyLSTMCell",
     "NoisyGRUCell",
+    "NRNN",
+    "NRNNCell",
+    "NoisyNRNN",
+    "NoisyNRNNCell",
     "use_kernel",
     "current_kernel",
     "KERNELS",
 ]
-
-from nrnn_plugin.layers import functions as _functions  # noqa: E402,F401  (registers FUNCTION_KERNELS)

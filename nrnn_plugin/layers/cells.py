@@ -7,14 +7,16 @@ drawn once per call (one step) from the module's noise source. Unbatched input (
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from nrnn_plugin.config import NoiseConfig
-from nrnn_plugin.layers.recurrent import autocast_dtype
-from nrnn_plugin.runtime import NoiseRuntime
+from nrnn_plugin.diffusion import AffineNoise
+from nrnn_plugin.layers.precision import autocast_dtype
+from nrnn_plugin.layers.reference import lstm_cell
+from nrnn_plugin.runtime import NoiseRuntime, runtime_of
 
 __all__ = ["NoisyRNNCell", "NoisyLSTMCell", "NoisyGRUCell", "NoisyCellMixin"]
 
@@ -23,18 +25,20 @@ class NoisyCellMixin:
     """Noise injection for ``nn.RNNCellBase`` subclasses; placed before the torch class in the MRO."""
 
     nrnn_original_class: ClassVar[type[nn.Module]]
-    _nrnn_runtime: NoiseRuntime
+    hidden_size: int
 
     @classmethod
     def nrnn_validate(cls, module: nn.Module, config: NoiseConfig) -> None:
+        """Reject ``target='c'`` for cells without a cell state."""
         if config.target == "c" and not isinstance(module, nn.LSTMCell):
             raise ValueError(
-                f"NoiseConfig.target: expected 'h' or 'both' for {type(module).__name__} (it has no cell state), got 'c'"
+                f"NoiseConfig.target: expected 'h' or 'both' for {type(module).__name__} (it has no cell state), "
+                "got 'c'"
             )
 
-    def _draw(self, runtime: NoiseRuntime, rows: int, targets: tuple[str, ...], like: Tensor) -> dict[str, Any]:
+    def _draw(self, runtime: NoiseRuntime, rows: int, targets: tuple[str, ...], like: Tensor) -> dict[str, AffineNoise]:
         dtype = autocast_dtype(like.device.type) or like.dtype
-        return runtime.draw(rows, self.hidden_size, targets, directions=0, device=like.device, dtype=dtype)[0]  # type: ignore[attr-defined]
+        return runtime.draw(rows, self.hidden_size, targets, directions=0, device=like.device, dtype=dtype)[0]
 
 
 def _batched(input: Tensor, hx: Tensor | None) -> tuple[Tensor, Tensor | None, bool]:  # noqa: A002
@@ -47,12 +51,13 @@ class _NoisySingleStateCell(NoisyCellMixin):
     """Forward of the cells with a single state (``nn.RNNCell``, ``nn.GRUCell``): ``Psi(h, x)`` plus noise."""
 
     def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:  # noqa: A002
-        runtime = getattr(self, "_nrnn_runtime", None)
-        if runtime is None or not runtime.injecting(self.training):  # type: ignore[attr-defined]
+        assert isinstance(self, nn.RNNCellBase)
+        runtime = runtime_of(self)
+        if runtime is None or not runtime.injecting(self.training) or (input.dim() == 2 and input.shape[0] == 0):
             return super().forward(input, hx)  # type: ignore[misc]
         x, h, batched = _batched(input, hx)
         if h is None:
-            h = x.new_zeros(x.shape[0], self.hidden_size)  # type: ignore[attr-defined]
+            h = x.new_zeros(x.shape[0], self.hidden_size)
         psi = super().forward(x, h)  # type: ignore[misc]
         noise = self._draw(runtime, x.shape[0], ("h",), psi)["h"]
         out = noise.apply(psi, h.to(psi.dtype))
@@ -81,8 +86,8 @@ class NoisyLSTMCell(NoisyCellMixin, nn.LSTMCell):
     nrnn_original_class = nn.LSTMCell
 
     def forward(self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:  # noqa: A002
-        runtime = getattr(self, "_nrnn_runtime", None)
-        if runtime is None or not runtime.injecting(self.training):
+        runtime = runtime_of(self)
+        if runtime is None or not runtime.injecting(self.training) or (input.dim() == 2 and input.shape[0] == 0):
             return super().forward(input, hx)
         batched = input.dim() == 2
         x = input if batched else input.unsqueeze(0)
@@ -93,14 +98,12 @@ class NoisyLSTMCell(NoisyCellMixin, nn.LSTMCell):
             h, c = hx if batched else (hx[0].unsqueeze(0), hx[1].unsqueeze(0))
         targets = runtime.targets(has_cell_state=True)
         if "c" in targets:
-            from nrnn_plugin.layers.reference import lstm_cell
-
             dtype = autocast_dtype(x.device.type) or x.dtype
-            cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731
-            xw = torch.nn.functional.linear(cast(x), cast(self.weight_ih), cast(self.bias_ih))
-            o, c_new, _ = lstm_cell(xw, cast(h), cast(c), cast(self.weight_hh), cast(self.bias_hh))
+            b_ih, b_hh = (None if b is None else b.to(dtype) for b in (self.bias_ih, self.bias_hh))
+            xw = torch.nn.functional.linear(x.to(dtype), self.weight_ih.to(dtype), b_ih)
+            o, c_new, _ = lstm_cell(xw, h.to(dtype), c.to(dtype), self.weight_hh.to(dtype), b_hh)
             noise = self._draw(runtime, x.shape[0], targets, c_new)
-            c_new = noise["c"].apply(c_new, cast(c))
+            c_new = noise["c"].apply(c_new, c.to(dtype))
             h_new = o * torch.tanh(c_new)
         else:
             h_new, c_new = super().forward(x, (h, c))

@@ -4,8 +4,8 @@ Each kernel runs the whole noisy recurrence of one layer and one direction, for 
 ``nn.RNNBase``: ``"LSTM"``, ``"GRU"``, ``"RNN_TANH"`` and ``"RNN_RELU"``. The contract is that of
 :func:`~nrnn_plugin.layers.reference.reference_unroll` (same arguments, same results, same gradients)::
 
-    kernel(x [N, I], layout, w_ih, w_hh, b_ih | None, b_hh | None, h0 [B, H], c0 [B, H] | None,
-           noise_h, noise_c, reverse) -> (out [N, H], h_n [B, H], c_n [B, H] | None)
+    function_kernel(mode, LayerPass(x [N, I], layout, weights, h0 [B, H], c0 [B, H] | None,
+                    noise_h, noise_c, reverse)) -> (out [N, H], h_n [B, H], c_n [B, H] | None)
 
 Why it is fast (the autograd unroll pays autograd's per-op overhead at every step, forward and backward):
 
@@ -45,10 +45,10 @@ from torch.autograd.function import once_differentiable
 
 from nrnn_plugin.diffusion import AffineNoise
 from nrnn_plugin.layers.layout import SequenceLayout
-from nrnn_plugin.layers.recurrent import FUNCTION_KERNELS
 from nrnn_plugin.layers.reference import reference_unroll
+from nrnn_plugin.layers.signature import MODES, LayerPass
 
-__all__ = ["lstm_sequence", "gru_sequence", "rnn_tanh_sequence", "rnn_relu_sequence", "needs_reference"]
+__all__ = ["function_kernel", "needs_reference", "LSTMSequence", "GRUSequence", "ElmanSequence"]
 
 # A noise coefficient after normalisation: a tensor of shape [N, H], [N, 1] or [1, 1] (a number), or None.
 _Coef = Tensor | None
@@ -95,7 +95,7 @@ class _StepPlan:
             offsets = self.layout.offsets
             rows = self.rows
             parts = []
-            for t, (source, carried, size) in enumerate(self.prev):
+            for source, carried, size in self.prev:
                 if carried:
                     parts.append(torch.arange(offsets[source], offsets[source] + carried))
                 if carried < size:
@@ -293,7 +293,7 @@ class LSTMSequence(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         plan: _StepPlan,
         x: Tensor,
@@ -374,7 +374,9 @@ class LSTMSequence(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, grad_out: Tensor | None, grad_h_n: Tensor | None, grad_c_n: Tensor | None) -> tuple[Any, ...]:
+    def backward(
+        ctx: Any, grad_out: Tensor | None, grad_h_n: Tensor | None, grad_c_n: Tensor | None
+    ) -> tuple[Any, ...]:
         plan: _StepPlan = ctx.plan
         x, w_ih, w_hh, h0, c0, out, cells, gates, cell_sigmoid, gate_h, mult_h, gate_c, mult_c = ctx.saved_tensors
         rows, hidden = plan.rows, w_hh.shape[1]
@@ -457,7 +459,7 @@ class GRUSequence(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         plan: _StepPlan,
         x: Tensor,
@@ -596,7 +598,7 @@ class ElmanSequence(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         plan: _StepPlan,
         relu: bool,
@@ -625,8 +627,8 @@ class ElmanSequence(torch.autograd.Function):
             base = add
             slope = gate
         else:
-            base = (add if add is not None else 0.0) - (gate if gate is not None else 1.0)
-            base = base if isinstance(base, Tensor) else x.new_full((1, 1), base)
+            offset = (add if add is not None else 0.0) - (gate if gate is not None else 1.0)
+            base = offset if isinstance(offset, Tensor) else x.new_full((1, 1), offset)
             slope = 2.0 * gate if gate is not None else None
         act_steps = act.split(plan.sizes)
         h_outs, h_prevs = plan.state_views(out, h0)
@@ -740,99 +742,40 @@ def _coefficients(
     return result[0], result[1], result[2]
 
 
-def _check(mode: str, x: Tensor, layout: SequenceLayout, w_hh: Tensor, h0: Tensor) -> None:
-    if x.dim() != 2 or x.shape[0] != layout.rows:
-        raise ValueError(f"{mode} kernel: x must have shape [{layout.rows}, input_size], got {list(x.shape)}")
-    if h0.shape != (layout.batch, w_hh.shape[1]):
-        raise ValueError(f"{mode} kernel: h0 must have shape [{layout.batch}, {w_hh.shape[1]}], got {list(h0.shape)}")
-
-
-def lstm_sequence(
-    x: Tensor,
-    layout: SequenceLayout,
-    w_ih: Tensor,
-    w_hh: Tensor,
-    b_ih: Tensor | None,
-    b_hh: Tensor | None,
-    h0: Tensor,
-    c0: Tensor | None,
-    noise_h: AffineNoise | None,
-    noise_c: AffineNoise | None,
-    reverse: bool,
-) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Noisy LSTM layer-direction with a hand-written backward; contract of :func:`reference_unroll`."""
-    if c0 is None:
+def _check(mode: str, p: LayerPass) -> None:
+    rows, batch, hidden = p.layout.rows, p.layout.batch, p.weights.w_hh.shape[1]
+    if p.x.dim() != 2 or p.x.shape[0] != rows:
+        raise ValueError(f"{mode} kernel: x must have shape [{rows}, input_size], got {list(p.x.shape)}")
+    if p.h0.shape != (batch, hidden):
+        raise ValueError(f"{mode} kernel: h0 must have shape [{batch}, {hidden}], got {list(p.h0.shape)}")
+    if mode == "LSTM" and p.c0 is None:
         raise ValueError("LSTM kernel: c0 (the initial cell state, [B, H]) is required, got None")
-    if needs_reference(noise_h, noise_c):
-        return reference_unroll("LSTM", x, layout, w_ih, w_hh, b_ih, b_hh, h0, c0, noise_h, noise_c, reverse)
-    _check("LSTM", x, layout, w_hh, h0)
-    hidden = w_hh.shape[1]
-    coef_h = _coefficients(noise_h, layout.rows, hidden, x, "noise_h")
-    coef_c = _coefficients(noise_c, layout.rows, hidden, x, "noise_c")
-    out, h_n, c_n = LSTMSequence.apply(
-        _plan(layout, reverse), x.contiguous(), w_ih, w_hh, b_ih, b_hh, h0, c0, *coef_h, *coef_c
-    )
-    return out, h_n, c_n
 
 
-def gru_sequence(
-    x: Tensor,
-    layout: SequenceLayout,
-    w_ih: Tensor,
-    w_hh: Tensor,
-    b_ih: Tensor | None,
-    b_hh: Tensor | None,
-    h0: Tensor,
-    c0: Tensor | None,
-    noise_h: AffineNoise | None,
-    noise_c: AffineNoise | None,
-    reverse: bool,
-) -> tuple[Tensor, Tensor, None]:
-    """Noisy GRU layer-direction with a hand-written backward; contract of :func:`reference_unroll`."""
-    if needs_reference(noise_h):
-        return reference_unroll("GRU", x, layout, w_ih, w_hh, b_ih, b_hh, h0, c0, noise_h, noise_c, reverse)  # type: ignore[return-value]
-    _check("GRU", x, layout, w_hh, h0)
-    coef = _coefficients(noise_h, layout.rows, w_hh.shape[1], x, "noise_h")
-    out, h_n = GRUSequence.apply(_plan(layout, reverse), x.contiguous(), w_ih, w_hh, b_ih, b_hh, h0, *coef)
-    return out, h_n, None
+def function_kernel(mode: str, p: LayerPass) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Noisy layer-direction with a hand-written backward; contract of :func:`reference_unroll`.
 
-
-def _elman_sequence(mode: str) -> Any:
-    relu = mode == "RNN_RELU"
-
-    def kernel(
-        x: Tensor,
-        layout: SequenceLayout,
-        w_ih: Tensor,
-        w_hh: Tensor,
-        b_ih: Tensor | None,
-        b_hh: Tensor | None,
-        h0: Tensor,
-        c0: Tensor | None,
-        noise_h: AffineNoise | None,
-        noise_c: AffineNoise | None,
-        reverse: bool,
-    ) -> tuple[Tensor, Tensor, None]:
-        if needs_reference(noise_h):
-            return reference_unroll(mode, x, layout, w_ih, w_hh, b_ih, b_hh, h0, c0, noise_h, noise_c, reverse)  # type: ignore[return-value]
-        _check(mode, x, layout, w_hh, h0)
-        coef = _coefficients(noise_h, layout.rows, w_hh.shape[1], x, "noise_h")
-        out, h_n = ElmanSequence.apply(_plan(layout, reverse), relu, x.contiguous(), w_ih, w_hh, b_ih, b_hh, h0, *coef)
+    Hands over to :func:`reference_unroll` where :func:`needs_reference` says so (module docstring).
+    """
+    if mode not in MODES:
+        raise ValueError(f"function_kernel: mode must be one of {MODES}, got {mode!r}")
+    _check(mode, p)
+    noises = (p.noise_h, p.noise_c) if mode == "LSTM" else (p.noise_h,)
+    if needs_reference(*noises):
+        return reference_unroll(mode, p)
+    layout, w = p.layout, p.weights
+    hidden = w.w_hh.shape[1]
+    plan = _plan(layout, p.reverse)
+    x = p.x.contiguous()
+    coef_h = _coefficients(p.noise_h, layout.rows, hidden, x, "noise_h")
+    if mode == "LSTM":
+        assert p.c0 is not None
+        coef_c = _coefficients(p.noise_c, layout.rows, hidden, x, "noise_c")
+        out, h_n, c_n = LSTMSequence.apply(plan, x, w.w_ih, w.w_hh, w.b_ih, w.b_hh, p.h0, p.c0, *coef_h, *coef_c)
+        return out, h_n, c_n
+    if mode == "GRU":
+        out, h_n = GRUSequence.apply(plan, x, w.w_ih, w.w_hh, w.b_ih, w.b_hh, p.h0, *coef_h)
         return out, h_n, None
-
-    kernel.__name__ = kernel.__qualname__ = "rnn_relu_sequence" if relu else "rnn_tanh_sequence"
-    kernel.__doc__ = f"Noisy {mode} layer-direction with a hand-written backward; contract of :func:`reference_unroll`."
-    return kernel
-
-
-rnn_tanh_sequence = _elman_sequence("RNN_TANH")
-rnn_relu_sequence = _elman_sequence("RNN_RELU")
-
-FUNCTION_KERNELS.update(
-    {
-        "LSTM": lstm_sequence,
-        "GRU": gru_sequence,
-        "RNN_TANH": rnn_tanh_sequence,
-        "RNN_RELU": rnn_relu_sequence,
-    }
-)
+    relu = mode == "RNN_RELU"
+    out, h_n = ElmanSequence.apply(plan, relu, x, w.w_ih, w.w_hh, w.b_ih, w.b_hh, p.h0, *coef_h)
+    return out, h_n, None

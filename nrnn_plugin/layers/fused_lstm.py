@@ -1,4 +1,4 @@
-"""Exact fused fast path for an LSTM layer with additive noise on ``h`` (THEORY.md section 7).
+"""Exact fused fast path for an LSTM layer with additive noise on ``h`` (``docs/method.md``, "fused LSTM").
 
 The previous hidden state enters an LSTM step only through ``W_hh h``. Adding noise ``a_{k-1}`` to
 ``h_{k-1}`` is therefore the same as running the fused kernel on the augmented input ``[x_k, a_{k-1}]`` with
@@ -10,9 +10,10 @@ augmented input ``[x, a_fwd_prev, a_bwd_prev]`` with zero blocks in the other di
 from __future__ import annotations
 
 import torch
-from torch import Tensor, _VF
+from torch import _VF, Tensor
 
 from nrnn_plugin.layers.layout import SequenceLayout
+from nrnn_plugin.layers.signature import LayerWeights
 
 __all__ = ["lstm_additive_fused"]
 
@@ -33,7 +34,7 @@ def lstm_additive_fused(
     x: Tensor,
     layout: SequenceLayout,
     batch_sizes: Tensor | None,
-    weights: list[tuple[Tensor, Tensor, Tensor | None, Tensor | None]],
+    weights: list[LayerWeights],
     h0: Tensor,
     c0: Tensor,
     additive: list[Tensor],
@@ -44,7 +45,7 @@ def lstm_additive_fused(
     Args:
         x: layer input ``[N, I]`` in the packed layout ``layout``.
         batch_sizes: the packed sequence's ``batch_sizes`` (``None`` for padded input).
-        weights: ``(w_ih, w_hh, b_ih, b_hh)`` per direction.
+        weights: the layer's parameters per direction.
         h0, c0: initial states ``[D, B, H]``.
         additive: the noise added to ``h`` after every step, ``[N, H]`` per direction.
 
@@ -55,9 +56,10 @@ def lstm_additive_fused(
     hidden = h0.shape[-1]
     shifted = [_shift_to_next_step(a, layout, reverse=d == 1) for d, a in enumerate(additive)]
     augmented = torch.cat([x, *shifted], dim=1)
-    has_bias = weights[0][2] is not None
+    has_bias = weights[0].b_ih is not None
     flat: list[Tensor] = []
-    for d, (w_ih, w_hh, b_ih, b_hh) in enumerate(weights):
+    for d, w in enumerate(weights):
+        w_ih, w_hh, b_ih, b_hh = w.w_ih, w.w_hh, w.b_ih, w.b_hh
         blocks = [w_ih]
         for other in range(directions):
             blocks.append(w_hh if other == d else w_hh.new_zeros(w_hh.shape))

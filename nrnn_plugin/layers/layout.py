@@ -8,6 +8,7 @@ case ``sizes = [B] * T``, reshaped without a copy. One layout therefore serves p
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
 
 import torch
@@ -83,7 +84,7 @@ class SequenceLayout:
         key = "previous_reverse" if reverse else "previous_forward"
         return self._index(key, device, lambda: self._build_previous_rows(reverse))
 
-    def _index(self, key: str, device: torch.device, build) -> Tensor:  # type: ignore[no-untyped-def]
+    def _index(self, key: str, device: torch.device, build: Callable[[], Tensor]) -> Tensor:
         cache_key = (key, str(device))
         index = self._index_cache.get(cache_key)
         if index is None:

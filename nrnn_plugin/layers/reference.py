@@ -5,7 +5,8 @@ that supports higher-order derivatives (the regularizer's ``jet`` estimator). Th
 out of the loop (one GEMM for the whole sequence) and per-step views come from ``torch.split`` (indexing a
 grad-requiring sequence inside the loop would make backward O(T^2)).
 
-All kernels work on one layer and one direction in the packed layout of :mod:`.layout`:
+All kernels work on one layer and one direction in the packed layout of :mod:`.layout` and take a
+:class:`~nrnn_plugin.layers.signature.LayerPass`:
 
     x: [N, I]  ->  out: [N, H], h_n: [B, H] (, c_n: [B, H])
 """
@@ -16,8 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from nrnn_plugin.diffusion import AffineNoise
-from nrnn_plugin.layers.layout import SequenceLayout
+from nrnn_plugin.layers.signature import LayerPass
 
 __all__ = ["lstm_cell", "gru_cell", "elman_cell", "reference_unroll", "GATE_COUNT"]
 
@@ -63,33 +63,18 @@ def _previous(prev_out: Tensor | None, init: Tensor, size: int, carried: int) ->
     return torch.cat([prev_out[:carried], init[carried:size]])
 
 
-def reference_unroll(
-    mode: str,
-    x: Tensor,
-    layout: SequenceLayout,
-    w_ih: Tensor,
-    w_hh: Tensor,
-    b_ih: Tensor | None,
-    b_hh: Tensor | None,
-    h0: Tensor,
-    c0: Tensor | None,
-    noise_h: AffineNoise | None,
-    noise_c: AffineNoise | None,
-    reverse: bool,
-) -> tuple[Tensor, Tensor, Tensor | None]:
+def reference_unroll(mode: str, p: LayerPass) -> tuple[Tensor, Tensor, Tensor | None]:
     """Noisy recurrence of one layer and direction with autograd ops.
 
     Args:
         mode: ``"LSTM"``, ``"GRU"``, ``"RNN_TANH"`` or ``"RNN_RELU"``.
-        x: inputs ``[N, I]`` in the packed layout ``layout``.
-        w_ih, w_hh, b_ih, b_hh: the layer's parameters (``[G*H, I]``, ``[G*H, H]``, ``[G*H]``).
-        h0, c0: initial states ``[B, H]`` (``c0`` for LSTM only).
-        noise_h, noise_c: per-row noise coefficients (``None`` = no noise on that state).
-        reverse: process time steps last to first (backward direction of a bidirectional layer).
+        p: inputs ``[N, I]``, layout, weights, initial states ``[B, H]``, noise coefficients and direction.
 
     Returns:
         ``out [N, H]`` (the noisy hidden state of every row), ``h_n [B, H]``, ``c_n [B, H]`` (or ``None``).
     """
+    layout, x, h0, c0, noise_h, noise_c, reverse = p.layout, p.x, p.h0, p.c0, p.noise_h, p.noise_c, p.reverse
+    w_ih, w_hh, b_ih, b_hh = p.weights.w_ih, p.weights.w_hh, p.weights.b_ih, p.weights.b_hh
     sizes = layout.sizes
     xw_steps = torch.split(F.linear(x, w_ih, b_ih), sizes)
     noise_h_steps = noise_h.split(sizes) if noise_h is not None and not noise_h.is_zero else None

@@ -1,4 +1,4 @@
-"""Robustness evaluation (THEORY.md section 6): test-time input perturbations, tidy results, plots.
+"""Robustness evaluation (``docs/robustness.md``): test-time input perturbations, tidy results, plots.
 
 >>> from nrnn_plugin.robustness import evaluate, plot_robustness, summarize
 >>> results = evaluate({"lstm": lstm, "nrnn": nrnn_model}, (X_test, y_test), seeds=[0, 1, 2])  # doctest: +SKIP
@@ -7,7 +7,7 @@
 Needs pandas (a core dependency) and, for plots, matplotlib (extra ``data``).
 """
 
-from nrnn_plugin.robustness.evaluate import COLUMNS, evaluate, median_path_decoding
+from nrnn_plugin.robustness.evaluate import COLUMNS, ClassificationTask, Task, evaluate
 from nrnn_plugin.robustness.perturbations import (
     DEFAULT_STRENGTHS,
     PERTURBATIONS,
@@ -23,7 +23,8 @@ from nrnn_plugin.robustness.plotting import plot_robustness, summarize
 
 __all__ = [
     "evaluate",
-    "median_path_decoding",
+    "Task",
+    "ClassificationTask",
     "summarize",
     "plot_robustness",
     "white_noise",

@@ -1,19 +1,12 @@
 """Evaluate models under test-time input perturbations; results as a tidy ``pandas.DataFrame``.
 
-Two tasks:
+A :class:`Task` says how to batch, perturb, predict and score one kind of model. The built-in task is
+``"classification"``: ``model(x [B, T, F]) -> logits [B, C]``; data is ``(X, y)`` tensors or an iterable of
+``(x, y)`` batches; metric ``accuracy``; adversarial loss: cross-entropy. Plugins provide tasks for other data
+through the ``nrnn_robustness_task`` hook: the forecasting adapter's ``"forecasting"`` task scores
+pytorch-forecasting models on their data loaders (``nrnn_plugin.adapters.forecasting.robustness``).
 
-* ``"classification"``: ``model(x [B, T, F]) -> logits [B, C]``; data is ``(X, y)`` tensors or an iterable of
-  ``(x, y)`` batches; metric ``accuracy``. Adversarial loss: cross-entropy.
-* ``"forecasting"``: a pytorch-forecasting model and its data loader (batches ``(x: dict, (y, weight))``);
-  the perturbation is applied to the normalised encoder inputs ``x["encoder_cont"]`` only; metrics ``mae`` and
-  ``smape`` of the point prediction (``model.to_prediction``) on the prediction window, in the target's
-  original scale. Adversarial loss: the MAE of that prediction. Autoregressive sampling models (``DeepAR``:
-  a ``forward(x, n_samples)`` and a distribution loss) are scored on their *median path*: the decoder is run
-  autoregressively (never with the observed future targets) and fed the median of each step's predicted
-  distribution instead of a random sample, which makes the forecast deterministic and differentiable (FGSM/PGD
-  need its input gradient). See :func:`median_path_decoding`.
-
-Every model is evaluated in eval mode with injected noise forced off (:func:`~nrnn_plugin.runtime.noise_override`):
+Every model is evaluated in eval mode with injected noise forced off (:func:`~nrnn_plugin.runtime.noise_control`):
 the perturbed input goes through the *noise-free* model, and adversarial gradients are taken through it too.
 Random perturbations use a fresh ``torch.Generator`` seeded with ``seed`` for every (model, perturbation,
 strength): all models see the same perturbation draws (common random numbers), and a result does not depend
@@ -30,20 +23,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nrnn_plugin.plugins.manager import PluginError, first_result
 from nrnn_plugin.robustness.perturbations import DEFAULT_STRENGTHS, PERTURBATIONS, Perturbation
-from nrnn_plugin.runtime import noise_override
+from nrnn_plugin.runtime import noise_control
 
-__all__ = ["evaluate", "median_path_decoding", "COLUMNS", "TASKS"]
+__all__ = ["evaluate", "Task", "ClassificationTask", "COLUMNS"]
 
 COLUMNS = ("model", "perturbation", "strength", "metric", "value", "seed")
-TASKS = ("auto", "classification", "forecasting")
 
 
 # ---------------------------------------------------------------------------------------------- tasks
 
 
-class _Task:
-    """How to batch, perturb, predict and score for one kind of model."""
+class Task:
+    """How to perturb, predict and score one kind of model on a list of ``(inputs, target)`` batches.
+
+    Subclasses (a plugin's ``nrnn_robustness_task`` returns one) set ``metrics`` and implement every method.
+    """
 
     metrics: tuple[str, ...] = ()
 
@@ -69,7 +65,9 @@ class _Task:
         raise NotImplementedError
 
 
-class _Classification(_Task):
+class ClassificationTask(Task):
+    """``model(x [B, T, F]) -> logits [B, C]``, scored by accuracy; adversaries increase the cross-entropy."""
+
     metrics = ("accuracy",)
 
     def features(self, inputs: Tensor) -> Tensor:
@@ -92,97 +90,6 @@ class _Classification(_Task):
         return {"accuracy": (float(correct), int(target.numel()))}
 
 
-class _Forecasting(_Task):
-    metrics = ("mae", "smape")
-
-    def features(self, inputs: dict[str, Tensor]) -> Tensor:
-        return inputs["encoder_cont"]
-
-    def with_features(self, inputs: dict[str, Tensor], x: Tensor) -> dict[str, Tensor]:
-        out = dict(inputs)
-        out["encoder_cont"] = x
-        return out
-
-    def valid_mask(self, inputs: dict[str, Tensor]) -> Tensor:
-        cont = inputs["encoder_cont"]
-        steps = torch.arange(cont.shape[1], device=cont.device)
-        return steps[None, :] < inputs["encoder_lengths"][:, None]
-
-    @staticmethod
-    def _errors(model: nn.Module, inputs: dict[str, Tensor], target: Any) -> tuple[Tensor, Tensor, Tensor]:
-        y = target[0] if isinstance(target, (tuple, list)) else target
-        if isinstance(y, (tuple, list)):
-            raise ValueError("evaluate(task='forecasting'): multiple targets are not supported")
-        if _samples_autoregressively(model):
-            # n_samples=2: pytorch-forecasting samples from the *normalised* parameters when n_samples=1
-            with median_path_decoding(model):
-                prediction = model(inputs, n_samples=2)["prediction"][..., 0]
-        else:
-            prediction = model.to_prediction(model(inputs))
-        if prediction.dim() == 3 and prediction.shape[-1] == 1:
-            prediction = prediction[..., 0]
-        steps = torch.arange(y.shape[1], device=y.device)
-        mask = steps[None, :] < inputs["decoder_lengths"][:, None]
-        return prediction, y.to(prediction.dtype), mask
-
-    def attack_loss(self, model: nn.Module, inputs: dict[str, Tensor], target: Any) -> Any:
-        def loss(x: Tensor) -> Tensor:
-            prediction, y, mask = self._errors(model, self.with_features(inputs, x), target)
-            return (prediction - y).abs()[mask].mean()
-
-        return loss
-
-    def score(self, model: nn.Module, inputs: dict[str, Tensor], target: Any) -> dict[str, tuple[float, int]]:
-        prediction, y, mask = self._errors(model, inputs, target)
-        error = (prediction - y).abs()[mask]
-        smape = 2.0 * error / (prediction.abs()[mask] + y.abs()[mask] + 1e-8)
-        count = int(mask.sum())
-        return {"mae": (error.sum().item(), count), "smape": (smape.sum().item(), count)}
-
-
-def _samples_autoregressively(model: nn.Module) -> bool:
-    """True for pytorch-forecasting models that decode by sampling their distribution loss (DeepAR)."""
-    import inspect
-
-    try:
-        from pytorch_forecasting.metrics import DistributionLoss
-    except ImportError:  # pragma: no cover - forecasting models imply pytorch-forecasting
-        return False
-    return isinstance(getattr(model, "loss", None), DistributionLoss) and (
-        "n_samples" in inspect.signature(model.forward).parameters
-    )
-
-
-@contextlib.contextmanager
-def median_path_decoding(model: nn.Module) -> Iterator[None]:
-    """Make ``model.loss.sample`` return the median of the predicted distribution instead of random draws.
-
-    Inside the block, an autoregressive sampling model such as ``DeepAR`` called with ``n_samples=k`` decodes
-    ``k`` identical, deterministic paths: each step's input is the previous step's median. The median is the
-    base distribution's central value pushed through the (monotone) scaling and target transformations, exact
-    for the symmetric base distributions pytorch-forecasting uses for real-valued targets (normal, Student-t).
-    Gradients flow through the whole decode.
-    """
-    loss = model.loss  # type: ignore[attr-defined]
-
-    def sample_median(y_pred: Tensor, n_samples: int) -> Tensor:
-        distribution = loss.map_x_to_distribution(y_pred)
-        transforms = []
-        while isinstance(distribution, torch.distributions.TransformedDistribution):
-            transforms = list(distribution.transforms) + transforms
-            distribution = distribution.base_dist
-        value = distribution.mean
-        for transform in transforms:
-            value = transform(value)
-        return value.unsqueeze(-1).expand(*value.shape, n_samples)  # [B, T, n_samples] as loss.sample returns
-
-    loss.sample = sample_median  # instance attribute shadows the method
-    try:
-        yield
-    finally:
-        del loss.sample
-
-
 def _to_device(value: Any, device: torch.device) -> Any:
     if isinstance(value, Tensor):
         return value.to(device)
@@ -193,32 +100,37 @@ def _to_device(value: Any, device: torch.device) -> Any:
     return value
 
 
-def _make_task(task: str, data: Any, batch_size: int) -> _Task:
-    if task not in TASKS:
-        raise ValueError(f"evaluate: task must be one of {TASKS}, got {task!r}")
+def _make_task(task: str, data: Any, batch_size: int) -> Task:
+    if not isinstance(task, str):
+        raise TypeError(f"evaluate: task must be a task name (str), got {type(task).__name__}")
     if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(d, Tensor) for d in data):
         X, y = data
         if X.dim() != 3 or y.dim() != 1 or X.shape[0] != y.shape[0]:
             raise ValueError(
                 f"evaluate: tensor data must be (X [N, T, F], y [N]), got shapes {tuple(X.shape)} and {tuple(y.shape)}"
             )
-        if task == "forecasting":
-            raise ValueError("evaluate: forecasting needs a pytorch-forecasting data loader, got (X, y) tensors")
         batches = list(zip(X.split(batch_size), y.split(batch_size)))
-        return _Classification(batches)
-    if not isinstance(data, Iterable):
+    elif isinstance(data, Iterable):
+        batches = [(inputs, target) for inputs, target in data]
+        if not batches:
+            raise ValueError("evaluate: data has no batches")
+    else:
         raise TypeError(f"evaluate: data must be (X, y) tensors or an iterable of batches, got {type(data).__name__}")
-    batches = [(inputs, target) for inputs, target in data]
-    if not batches:
-        raise ValueError("evaluate: data has no batches")
-    is_dict = isinstance(batches[0][0], dict)
-    if task == "auto":
-        task = "forecasting" if is_dict else "classification"
-    if task == "forecasting":
-        if not is_dict or "encoder_cont" not in batches[0][0]:
-            raise ValueError("evaluate(task='forecasting'): batches must be pytorch-forecasting (x: dict, y) pairs")
-        return _Forecasting(batches)
-    return _Classification(batches)
+    if task != "classification":
+        answer, plugin = first_result("nrnn_robustness_task", batches=batches, task=task)
+        if answer is not None:
+            if not isinstance(answer, Task):
+                raise PluginError(
+                    f"plugin {plugin!r} answered nrnn_robustness_task with {type(answer).__name__}, expected a "
+                    "nrnn_plugin.robustness.evaluate.Task"
+                )
+            return answer
+    if task in ("auto", "classification"):
+        return ClassificationTask(batches)
+    raise ValueError(
+        f"evaluate: no plugin provides task {task!r} for these batches (built in: 'auto', 'classification'; "
+        "'forecasting' needs pytorch-forecasting batches and the forecasting adapter)"
+    )
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
@@ -229,13 +141,13 @@ def _noise_free_eval(model: nn.Module) -> Iterator[None]:
     was_training = model.training
     model.eval()
     try:
-        with noise_override(model, False):
+        with noise_control(model, inject=False):
             yield
     finally:
         model.train(was_training)
 
 
-def _feature_range(task: _Task) -> tuple[Tensor, Tensor]:
+def _feature_range(task: Task) -> tuple[Tensor, Tensor]:
     """Per-feature min and max ``[F]`` over every real step of the data (salt-and-pepper values)."""
     lows, highs = [], []
     for inputs, _ in task.batches:
@@ -249,7 +161,7 @@ def _feature_range(task: _Task) -> tuple[Tensor, Tensor]:
 
 def _run(
     model: nn.Module,
-    task: _Task,
+    task: Task,
     perturbation: Perturbation | None,
     strength: float,
     seed: int,
@@ -285,8 +197,14 @@ def _grid(perturbations: Mapping[str, Sequence[float]] | Sequence[str] | None) -
     if perturbations is None:
         return dict(DEFAULT_STRENGTHS)
     if isinstance(perturbations, str):
-        raise TypeError(f"evaluate: perturbations must be a list of names or a mapping name -> strengths, got {perturbations!r}")
-    items = perturbations.items() if isinstance(perturbations, Mapping) else ((p, DEFAULT_STRENGTHS.get(p, ())) for p in perturbations)
+        raise TypeError(
+            f"evaluate: perturbations must be a list of names or a mapping name -> strengths, got {perturbations!r}"
+        )
+    items = (
+        perturbations.items()
+        if isinstance(perturbations, Mapping)
+        else ((p, DEFAULT_STRENGTHS.get(p, ())) for p in perturbations)
+    )
     grid = {}
     for name, strengths in items:
         if name not in PERTURBATIONS:
@@ -314,7 +232,8 @@ def evaluate(
         models: ``{name: model}`` (or one model, named ``"model"``).
         data: classification: ``(X [N, T, F], y [N])`` tensors or an iterable of ``(x, y)`` batches;
             forecasting: a pytorch-forecasting data loader (``dataset.to_dataloader(train=False)``).
-        task: ``"auto"`` (dict batches -> forecasting), ``"classification"`` or ``"forecasting"``.
+        task: ``"auto"`` (a plugin's task where one knows the batches, else classification),
+            ``"classification"``, or a task a plugin provides (``"forecasting"``).
         perturbations: ``{name: strengths}`` or a list of names (default grids
             :data:`~nrnn_plugin.robustness.perturbations.DEFAULT_STRENGTHS`); names from
             :data:`~nrnn_plugin.robustness.perturbations.PERTURBATIONS`. Strength 0 is the clean input.
@@ -355,10 +274,12 @@ def evaluate(
                 perturbation = PERTURBATIONS[pert_name]
                 for strength in strengths:
                     if strength == 0.0 or not perturbation.random:
-                        values = clean if strength == 0.0 else _run(
-                            model, runner, perturbation, strength, 0, device, (low, high), pgd_steps
+                        values = (
+                            clean
+                            if strength == 0.0
+                            else _run(model, runner, perturbation, strength, 0, device, (low, high), pgd_steps)
                         )
-                        per_seed = {seed: values for seed in seed_list}
+                        per_seed = dict.fromkeys(seed_list, values)
                     else:
                         per_seed = {
                             seed: _run(model, runner, perturbation, strength, seed, device, (low, high), pgd_steps)

@@ -1,4 +1,4 @@
-"""Test-time input perturbations (THEORY.md section 6), applied to normalised inputs.
+"""Test-time input perturbations (``docs/robustness.md``), applied to normalised inputs.
 
 =========================  ===========================================================================
 ``white_noise``            ``x + sigma * z``, ``z ~ N(0, I)``
@@ -50,7 +50,9 @@ def _check_strength(name: str, value: float, *, maximum: float | None = None) ->
 
 def _check_generator(name: str, generator: object) -> torch.Generator:
     if not isinstance(generator, torch.Generator):
-        raise TypeError(f"{name}: generator must be a torch.Generator (explicit seeding), got {type(generator).__name__}")
+        raise TypeError(
+            f"{name}: generator must be a torch.Generator (explicit seeding), got {type(generator).__name__}"
+        )
     return generator
 
 

@@ -1,4 +1,4 @@
-"""The ``nrnn`` command line (also ``python -m nrnn_plugin``).
+"""The ``nrnn`` command line (also ``python -m nrnn_plugin``); the commands are described in ``docs/cli.md``.
 
 Subcommands::
 
@@ -18,13 +18,13 @@ anything unexpected prints one line too, with exit status 1 (``NRNN_DEBUG=1`` sh
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import os
 import sys
-import time
 from collections.abc import Callable, Sequence
-from typing import Any, TextIO
+from typing import Any
+
+from nrnn_plugin.app.commands import DEBUG_VAR, cmd_bench, cmd_demo, cmd_plugins, cmd_robustness, cmd_train, debug
+from nrnn_plugin.app.errors import InputError
 
 __all__ = ["main", "build_parser"]
 
@@ -33,226 +33,10 @@ EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_INPUT = 2
 EXIT_INTERRUPTED = 130
-DEBUG_VAR = "NRNN_DEBUG"
-
-
-# ---------------------------------------------------------------------------------------------- output
-
-
-class Reporter:
-    """Progress and notes for the user, on stderr (stdout carries the tables). ``quiet`` keeps notes only."""
-
-    def __init__(self, stream: TextIO | None = None, *, quiet: bool = False) -> None:
-        self.stream = stream if stream is not None else sys.stderr
-        self.quiet = quiet
-        self.started = time.perf_counter()
-
-    def progress(self, message: str) -> None:
-        if not self.quiet:
-            self._write(message)
-
-    def note(self, message: str) -> None:
-        self._write(message)
-
-    def _write(self, message: str) -> None:
-        elapsed = time.perf_counter() - self.started
-        print(f"[{elapsed:6.1f}s] {message}", file=self.stream, flush=True)
 
 
 def _one_line(text: str) -> str:
     return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
-
-
-def quiet_frameworks() -> None:
-    """Silence Lightning's info banners and the framework warnings a CLI user cannot act on.
-
-    Called by the subcommands that train or evaluate (never by the library), after Lightning is imported (it
-    sets its own logger levels on import). ``NRNN_DEBUG=1`` keeps them.
-    """
-    if _debug():
-        return
-    import logging
-    import warnings
-
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning", "pytorch_forecasting"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    for module in ("lightning", "pytorch_lightning", "pytorch_forecasting", "torch", "sklearn"):
-        warnings.filterwarnings("ignore", module=module)
-        warnings.filterwarnings("ignore", module=module + r"\..*")
-    # The noise callback's resume note and the pipeline's own warnings stay visible; Lightning's
-    # "does not have many workers" and pytorch-forecasting's "attribute is an nn.Module" notices do not.
-    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=r".*is an instance of `nn.Module` and is already saved.*")
-
-
-def set_threads(threads: int | None) -> None:
-    """``torch.set_num_threads`` for this run (``None``: leave PyTorch's default).
-
-    Small recurrent models are fastest on one thread: their matrix products are too small to split, and
-    OpenMP workers that spin while the machine is busy cost more than they give (measured on a busy 2-core
-    machine: the two models of ``nrnn demo --quick`` trained in 8 s on one thread, 59 s on two).
-    """
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
-
-
-def require(command: str, modules: Sequence[str], extra: str) -> None:
-    """Refuse to start ``command`` (one line, exit 2) when an optional dependency is not installed."""
-    import importlib.util
-
-    from nrnn_plugin.cli_config import InputError
-
-    missing = [m for m in modules if importlib.util.find_spec(m) is None]
-    if missing:
-        raise InputError(
-            f"'nrnn {command}' needs {', '.join(missing)}, which is not installed: pip install 'nrnn-plugin[{extra}]'"
-        )
-
-
-FORECASTING = ("lightning", "pytorch_forecasting")
-
-
-def _debug() -> bool:
-    return os.environ.get(DEBUG_VAR, "").strip().lower() in ("1", "true", "yes", "on")
-
-
-# ---------------------------------------------------------------------------------------------- commands
-
-
-def cmd_plugins(args: argparse.Namespace) -> int:
-    import warnings
-
-    from nrnn_plugin.plugins import ALLOWLIST_VAR, DISABLE_AUTOLOAD_VAR, ENTRY_POINT_GROUP, plugin_report
-
-    with warnings.catch_warnings():  # a broken plugin's warning: its reason is in the report below
-        warnings.simplefilter("ignore", RuntimeWarning)
-        report = plugin_report()
-    if args.json:
-        print(json.dumps(report, indent=2, sort_keys=True))
-        return EXIT_OK
-    print(format_plugin_report(report, ENTRY_POINT_GROUP))
-    switches = [f"{var}={os.environ[var]}" for var in (DISABLE_AUTOLOAD_VAR, ALLOWLIST_VAR) if var in os.environ]
-    if switches:
-        print("environment: " + ", ".join(switches))
-    return EXIT_OK
-
-
-def format_plugin_report(report: Sequence[dict[str, Any]], group: str) -> str:
-    """The plugin report as a fixed-width table: name, source, status, and what it handles or why it was skipped."""
-    rows = []
-    for entry in report:
-        adapter = entry.get("adapter") or {}
-        if not entry["loaded"]:
-            status, detail = "skipped", entry.get("reason", "")
-        elif adapter and not adapter.get("available", True):
-            status, detail = "unavailable", adapter.get("reason", "")
-        else:
-            status = "loaded"
-            handles = adapter.get("handles") or []
-            detail = ("handles " + ", ".join(_short(h) for h in handles)) if handles else ""
-        rows.append((entry["name"], entry["source"], status, detail))
-    header = ("plugin", "source", "status", "details")
-    widths = [max(len(r[i]) for r in rows + [header]) for i in range(3)]
-    lines = [f"nrnn-plugin plugins (entry-point group {group!r}):"]
-    for row in [header] + rows:
-        lines.append("  " + "  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths)) + "  " + row[3])
-    return "\n".join(line.rstrip() for line in lines)
-
-
-def _short(qualified: str) -> str:
-    """``pytorch_forecasting.models.nn.rnn.LSTM`` -> ``pytorch_forecasting...rnn.LSTM`` (readable in a table)."""
-    parts = qualified.split(".")
-    return qualified if len(parts) <= 3 else f"{parts[0]}...{parts[-2]}.{parts[-1]}"
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    from nrnn_plugin.cli_config import load_run_config
-
-    set_threads(args.threads)
-    reporter = Reporter(quiet=args.quiet)
-    config = load_run_config(args.config)  # the run file and the data are checked before the slow imports
-    if args.no_noise:
-        config = dataclasses.replace(config, noise=None)
-    from nrnn_plugin import cli_data
-
-    config, prepared, split = cli_data.load_training_data(config, args.data)
-    require("train", FORECASTING, "forecasting")
-    reporter.progress(f"{args.config}: valid; importing pytorch-forecasting")
-    from nrnn_plugin import pipeline
-
-    quiet_frameworks()
-    overrides: dict[str, Any] = {}
-    if args.max_epochs is not None:
-        overrides["max_epochs"] = args.max_epochs
-    result = pipeline.run_training(
-        config, prepared, split, out_dir=args.out, trainer_overrides=overrides, reporter=reporter
-    )
-    print(pipeline.format_training_summary(result))
-    return EXIT_OK
-
-
-def cmd_robustness(args: argparse.Namespace) -> int:
-    set_threads(args.threads)
-    reporter = Reporter(quiet=args.quiet)
-    require("robustness", (*FORECASTING, "matplotlib"), "forecasting,data")
-    from nrnn_plugin import pipeline
-
-    quiet_frameworks()
-    report = pipeline.run_robustness_report(
-        checkpoints=args.checkpoint,
-        data_path=args.data,
-        out_dir=args.out,
-        perturbations=args.perturbations,
-        strengths=args.strengths,
-        seeds=args.seeds,
-        windows=args.windows,
-        reporter=reporter,
-    )
-    print(report.table)
-    for path in report.files:
-        reporter.note(f"wrote {path}")
-    return EXIT_OK
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    set_threads(args.threads)
-    reporter = Reporter(quiet=args.quiet)
-    require("demo", (*FORECASTING, "statsmodels", "matplotlib"), "forecasting,data")
-    from nrnn_plugin import cli_demo
-
-    quiet_frameworks()
-
-    result = cli_demo.run_demo(
-        out_dir=args.out,
-        quick=args.quick,
-        dataset=args.dataset,
-        epochs=args.epochs,
-        seed=args.seed,
-        noise=args.noise,
-        reporter=reporter,
-    )
-    print(result.table)
-    for path in result.files:
-        reporter.note(f"wrote {path}")
-    return EXIT_OK
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    set_threads(args.threads)
-    reporter = Reporter(quiet=args.quiet)
-    from nrnn_plugin import cli_bench
-
-    quiet_frameworks()
-
-    result = cli_bench.run_bench(
-        quick=args.quick, tiny=args.tiny, clock=args.clock, out_dir=args.out, reporter=reporter
-    )
-    print(result.table)
-    for path in result.files:
-        reporter.note(f"wrote {path}")
-    return EXIT_OK
 
 
 # ---------------------------------------------------------------------------------------------- parser
@@ -295,7 +79,7 @@ def _name_list(text: str) -> tuple[str, ...]:
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors (``nrnn train: error: ...``) and exit status 2."""
 
-    def error(self, message: str) -> Any:  # type: ignore[override]
+    def error(self, message: str) -> Any:
         self.exit(EXIT_INPUT, f"{self.prog}: error: {_one_line(message)} (see '{self.prog} --help')\n")
 
 
@@ -356,8 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-noise", action="store_true", help="ignore the noise section: the plain baseline of the same run file"
     )
     train.add_argument(
-        "--threads", type=_positive_int, default=None, help="PyTorch CPU threads (default: PyTorch's; 1 is often "
-        "fastest for small recurrent models)"
+        "--threads",
+        type=_positive_int,
+        default=None,
+        help="PyTorch CPU threads (default: PyTorch's; 1 is often fastest for small recurrent models)",
     )
     train.add_argument("--quiet", action="store_true", help="no progress lines")
 
@@ -436,14 +222,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_INPUT
     prefix = f"{PROG} {args.command}"
-    from nrnn_plugin.cli_config import InputError
 
     try:
         return args.handler(args)
     except InputError as exc:
-        if _debug():
+        if debug():
             raise
-        print(f"{prefix}: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"{prefix}: error: {_one_line(str(exc))}", file=sys.stderr)
         return EXIT_INPUT
     except KeyboardInterrupt:
         print(f"{prefix}: interrupted", file=sys.stderr)
@@ -453,10 +238,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_INTERNAL
     except Exception as exc:  # never a traceback for the user; NRNN_DEBUG=1 shows it
-        if _debug():
+        if debug():
             raise
         print(
-            f"{prefix}: internal error: {type(exc).__name__}: {_one_line(exc)} "
+            f"{prefix}: internal error: {type(exc).__name__}: {_one_line(str(exc))} "
             f"(rerun with {DEBUG_VAR}=1 for the traceback)",
             file=sys.stderr,
         )

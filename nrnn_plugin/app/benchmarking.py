@@ -18,7 +18,6 @@ Used by ``benchmarks/bench_layers.py`` and the CLI.
 from __future__ import annotations
 
 import copy
-import csv
 import math
 import statistics
 import time
@@ -27,10 +26,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 from torch import nn
 
 from nrnn_plugin.config import NoiseConfig
+from nrnn_plugin.swap import register_noise
 
 __all__ = [
     "LayerCase",
@@ -90,12 +91,22 @@ class LayerSize:
 CASES: dict[str, LayerCase] = {
     case.name: case
     for case in (
-        LayerCase("lstm_additive", "LSTM", {"additive": 0.05}, description="LSTM, additive noise on h (fused fast path)"),
+        LayerCase(
+            "lstm_additive", "LSTM", {"additive": 0.05}, description="LSTM, additive noise on h (fused fast path)"
+        ),
         LayerCase("lstm_mult", "LSTM", {"multiplicative": 0.05}, description="LSTM, multiplicative noise on h"),
         LayerCase(
-            "lstm_add_mult", "LSTM", {"additive": 0.05, "multiplicative": 0.02}, description="LSTM, additive + multiplicative"
+            "lstm_add_mult",
+            "LSTM",
+            {"additive": 0.05, "multiplicative": 0.02},
+            description="LSTM, additive + multiplicative",
         ),
-        LayerCase("gru_add_mult", "GRU", {"additive": 0.05, "multiplicative": 0.02}, description="GRU, additive + multiplicative"),
+        LayerCase(
+            "gru_add_mult",
+            "GRU",
+            {"additive": 0.05, "multiplicative": 0.02},
+            description="GRU, additive + multiplicative",
+        ),
         LayerCase(
             "rnn_tanh_add_mult",
             "RNN_TANH",
@@ -259,7 +270,6 @@ def benchmark_case(
     **timing: Any,
 ) -> dict[str, Any]:
     """Time one case at one size; returns one result row (see :func:`run_layer_benchmark`)."""
-    from nrnn_plugin.swap import register_noise
 
     device = torch.device(device)
     generator = torch.Generator().manual_seed(seed)
@@ -369,27 +379,10 @@ def write_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
         raise ValueError("write_csv: no rows to write")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-_INT_COLUMNS = ("batch", "steps", "hidden", "input_size", "layers", "threads", "rounds", "inner")
-_FLOAT_COLUMNS = ("base_ms", "noisy_ms", "ratio", "ratio_min", "ratio_max")
+    pd.DataFrame(list(rows)).to_csv(path, index=False)
 
 
 def read_csv(path: str | Path) -> list[dict[str, Any]]:
-    """Result rows written by :func:`write_csv`, with numbers and booleans restored."""
-    with Path(path).open(newline="") as handle:
-        rows: list[dict[str, Any]] = list(csv.DictReader(handle))
-    for row in rows:
-        for key in _INT_COLUMNS:
-            if key in row:
-                row[key] = int(row[key])
-        for key in _FLOAT_COLUMNS:
-            if key in row:
-                row[key] = float(row[key])
-        if "train" in row:
-            row["train"] = row["train"] == "True"
-    return rows
+    """Result rows written by :func:`write_csv` (numbers and booleans come back typed)."""
+    records: list[dict[str, Any]] = pd.read_csv(path).to_dict("records")
+    return records

@@ -2,7 +2,7 @@
 
 Importing this module imports pytorch-forecasting; :mod:`nrnn_plugin.adapters.forecasting` imports it only
 when it meets a pytorch-forecasting module (which means pytorch-forecasting is already imported). The classes
-are module-level so that pickling by reference keeps working (DESIGN.md decision 1).
+are module-level so that pickling by reference keeps working (``docs/design.md``: swap by class).
 
 ``LSTM`` / ``GRU`` (``pytorch_forecasting.models.nn.rnn``)
     ``class NoisyForecastingLSTM(pf.LSTM, NoisyLSTM)`` has the MRO
@@ -35,11 +35,12 @@ from pytorch_forecasting.layers._recurrent._slstm.cell import sLSTMCell
 from pytorch_forecasting.models.nn import rnn as pf_rnn
 from torch import Tensor, nn
 
+from nrnn_plugin.adapters.forecasting.nrnn import ForecastingNRNN, NoisyForecastingNRNN
 from nrnn_plugin.config import NoiseConfig
 from nrnn_plugin.diffusion import AffineNoise
 from nrnn_plugin.layers import NoisyGRU, NoisyLSTM
-from nrnn_plugin.layers.recurrent import autocast_dtype
-from nrnn_plugin.runtime import NoiseRuntime
+from nrnn_plugin.layers.precision import autocast_dtype
+from nrnn_plugin.runtime import NoiseRuntime, runtime_of
 
 __all__ = [
     "NoisyForecastingLSTM",
@@ -47,6 +48,7 @@ __all__ = [
     "NoisySLSTMCell",
     "NoisyMLSTMCell",
     "NOISY_CLASSES",
+    "resolve_config",
 ]
 
 
@@ -66,12 +68,12 @@ class _NoisyXLSTMCellMixin:
     """Shared pieces of the noisy xLSTM cells: runtime lookup and one draw per step."""
 
     nrnn_original_class: ClassVar[type[nn.Module]]
-    _nrnn_runtime: NoiseRuntime
     hidden_size: int
 
     def _active_runtime(self) -> NoiseRuntime | None:
-        runtime = getattr(self, "_nrnn_runtime", None)
-        if runtime is None or not runtime.injecting(self.training):  # type: ignore[attr-defined]
+        assert isinstance(self, nn.Module)
+        runtime = runtime_of(self)
+        if runtime is None or not runtime.injecting(self.training):
             return None
         return runtime
 
@@ -133,14 +135,14 @@ class NoisyMLSTMCell(_NoisyXLSTMCellMixin, mLSTMCell):
         return h, noise["c"].apply(c, c_prev.to(c.dtype)), n
 
 
-#: original class -> noisy class (noisy classes map to themselves, so re-registration keeps them).
+#: original class -> noisy class.
 NOISY_CLASSES: dict[type[nn.Module], type[nn.Module]] = {
     pf_rnn.LSTM: NoisyForecastingLSTM,
     pf_rnn.GRU: NoisyForecastingGRU,
     sLSTMCell: NoisySLSTMCell,
     mLSTMCell: NoisyMLSTMCell,
+    ForecastingNRNN: NoisyForecastingNRNN,
 }
-NOISY_CLASSES.update({noisy: noisy for noisy in list(NOISY_CLASSES.values())})
 
 
 def resolve_config(module: nn.Module, config: NoiseConfig) -> NoiseConfig | None:
@@ -148,4 +150,3 @@ def resolve_config(module: nn.Module, config: NoiseConfig) -> NoiseConfig | None
     if isinstance(module, mLSTMCell) and config.target == "h":
         return config.replace(target="c")
     return None
-

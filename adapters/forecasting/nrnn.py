@@ -2,11 +2,11 @@
 
 pytorch-forecasting's models call ``self.rnn(x, hx, lengths=..., enforce_sorted=...)`` and use the layer's
 ``init_hidden_state``, ``repeat_interleave`` and ``handle_no_encoding`` (sequences of length 0 are allowed).
-:class:`ForecastingNRNN` is an :class:`~nrnn_plugin.nrnn.NRNN` with that interface, and :func:`use_nrnn`
+:class:`ForecastingNRNN` is an :class:`~nrnn_plugin.layers.nrnn.NRNN` with that interface, and :func:`use_nrnn`
 swaps it into a model::
 
     from pytorch_forecasting import RecurrentNetwork
-    from nrnn_plugin.adapters.forecasting_nrnn import use_nrnn
+    from nrnn_plugin.adapters.forecasting import use_nrnn
 
     model = RecurrentNetwork.from_dataset(dataset, cell_type="GRU", hidden_size=32, rnn_layers=1)
     use_nrnn(model, dt=0.1, learn_dt=True)          # before the Trainer builds the optimizer
@@ -25,13 +25,13 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import rnn as rnn_utils
 
-from nrnn_plugin.nrnn import NRNN, NoisyNRNN
+from nrnn_plugin.layers.nrnn import NRNN, NoisyNRNN
 
-__all__ = ["ForecastingNRNN", "NoisyForecastingNRNN", "use_nrnn", "NOISY_CLASSES"]
+__all__ = ["ForecastingNRNN", "NoisyForecastingNRNN", "use_nrnn"]
 
 
 class ForecastingNRNN(NRNN):
-    """:class:`NRNN` with pytorch-forecasting's recurrent-layer interface (zero-length sequences allowed).
+    """the NRNN layer with pytorch-forecasting's recurrent-layer interface (zero-length sequences allowed).
 
     ``forward(x, hx=None, lengths=None, enforce_sorted=True) -> (output, h_n)``: with ``lengths`` (``[B]``, zeros
     allowed) the padded input is packed, the output is returned padded, and a sample of length 0 keeps its
@@ -39,7 +39,7 @@ class ForecastingNRNN(NRNN):
     layers). Without ``lengths`` it is :meth:`NRNN.forward`.
     """
 
-    def forward(  # type: ignore[override]
+    def forward(
         self,
         x: Tensor | rnn_utils.PackedSequence,
         hx: Tensor | None = None,
@@ -66,6 +66,7 @@ class ForecastingNRNN(NRNN):
         if bool(empty.any()):
             initial = self.init_hidden_state(x) if hx is None else hx
             h_n = self.handle_no_encoding(h_n, empty[None, :, None], initial)
+        assert isinstance(packed_out, rnn_utils.PackedSequence)
         out, _ = rnn_utils.pad_packed_sequence(packed_out, batch_first=self.batch_first)
         return out, h_n
 
@@ -85,22 +86,16 @@ class ForecastingNRNN(NRNN):
 
 
 class NoisyForecastingNRNN(ForecastingNRNN, NoisyNRNN):
-    """:class:`ForecastingNRNN` made noisy by ``register_noise``: the length handling runs first, then the noisy core."""
+    """:class:`ForecastingNRNN` made noisy by ``register_noise``: length handling first, then the noisy core."""
 
     nrnn_original_class: ClassVar[type[nn.Module]] = ForecastingNRNN
-
-
-NOISY_CLASSES: dict[type[nn.Module], type[nn.Module]] = {
-    ForecastingNRNN: NoisyForecastingNRNN,
-    NoisyForecastingNRNN: NoisyForecastingNRNN,
-}
 
 
 def use_nrnn(model: nn.Module, **nrnn_options: Any) -> nn.Module:
     """Replace ``model.rnn`` (a pytorch-forecasting LSTM/GRU) by a :class:`ForecastingNRNN`, in place.
 
     The new layer takes ``input_size``, ``hidden_size``, ``num_layers``, ``dropout`` and ``batch_first`` from the
-    old one, and its device and dtype; ``nrnn_options`` are passed to :class:`~nrnn_plugin.nrnn.NRNN` (``dt``,
+    old one, and its device and dtype; ``nrnn_options`` are passed to :class:`~nrnn_plugin.layers.nrnn.NRNN` (``dt``,
     ``learn_dt``, ``beta``, ``alpha``, ``gamma_A``, ``gamma_W``, ``init_std``). Call it before an optimizer
     is built. Returns ``model``.
 

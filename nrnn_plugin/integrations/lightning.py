@@ -1,6 +1,8 @@
 """Lightning integration: :class:`NoisyRNNCallback` trains any LightningModule's RNNs as Noisy RNNs.
 
-Works with plain LightningModules and pytorch-forecasting models alike, without touching model code::
+Works with any LightningModule without touching model code; model families whose ``training_step`` does more
+than compute the loss provide the loss closure of the regularizer modes through the ``nrnn_loss_closure`` hook
+(the forecasting adapter does, for pytorch-forecasting models)::
 
     trainer = lightning.pytorch.Trainer(callbacks=[NoisyRNNCallback(NoiseConfig(additive=0.05, seed=0))])
     trainer.fit(model, train_dataloaders=...)
@@ -15,7 +17,7 @@ What the callback does during ``fit``:
 * The config's schedule sets the noise level before every training batch (``Schedule.factor`` of the global
   step or the epoch); the level is logged as ``train_nrnn_noise_level``.
 * With ``mode="regularizer"`` or ``"both"`` the model instance's ``training_step`` is wrapped: the explicit
-  regularizer (THEORY.md section 3) is added to the returned loss and logged as ``train_nrnn_reg``.
+  regularizer (``docs/regularizer.md``) is added to the returned loss and logged as ``train_nrnn_reg``.
 * The callback's state (config and the noise streams of every rank) goes into checkpoints, so
   ``trainer.fit(..., ckpt_path=...)`` continues the same noise streams. Checkpoints still load into the
   vanilla model class with ``load_from_checkpoint``: nothing is added to the hyper-parameters or weights.
@@ -26,7 +28,6 @@ Lightning).
 
 from __future__ import annotations
 
-import sys
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -38,8 +39,10 @@ from torch import Tensor
 
 from nrnn_plugin.config import NoiseConfig
 from nrnn_plugin.noise import distributed_rank
-from nrnn_plugin.runtime import noise_level
-from nrnn_plugin.swap import is_noisy, noisy_modules, register_noise, remove_noise
+from nrnn_plugin.plugins.manager import PluginError, first_result
+from nrnn_plugin.regularizer import regularized_loss
+from nrnn_plugin.runtime import noise_runtimes, set_noise_level
+from nrnn_plugin.swap import is_noisy, register_noise, remove_noise
 
 __all__ = ["NoisyRNNCallback", "LossClosure", "default_loss_closure", "logging_suppressed"]
 
@@ -61,9 +64,10 @@ class NoisyRNNCallback(pl.Callback):
         use_env: when ``True``, ``NRNN_*`` environment variables override fields of ``config``
             (``NRNN_ENABLED=0`` switches a configured pipeline off, ``NRNN_ADDITIVE=0.1`` changes the level).
         loss_closure: ``closure(module, batch, batch_idx) -> loss`` used by the explicit regularizer to
-            recompute the training loss on the same batch without side effects. The default handles
-            pytorch-forecasting models (``module.step``) and LightningModules whose ``training_step`` only
-            logs besides computing the loss (see :func:`default_loss_closure`).
+            recompute the training loss on the same batch without side effects. The default is the closure a
+            plugin provides for the module's family (``nrnn_loss_closure`` hook: pytorch-forecasting models),
+            else :func:`default_loss_closure` (LightningModules whose ``training_step`` only logs besides
+            computing the loss).
 
     The callback is a no-op when the config is disabled (``enabled: false``) or injects no noise (both
     levels zero). A model that is already noisy when ``fit`` starts keeps its own noise registration; the
@@ -122,13 +126,15 @@ class NoisyRNNCallback(pl.Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._apply_pending()
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         if self._module is None:
             return
         schedule = self.config.schedule
         progress = trainer.global_step if schedule.interval == "step" else trainer.current_epoch
         self.level = schedule.factor(progress)
-        noise_level(pl_module, self.level)
+        set_noise_level(pl_module, self.level)
         pl_module.log(LEVEL_METRIC, self.level, on_step=True, on_epoch=False, batch_size=_batch_size(batch))
 
     # ------------------------------------------------------------------ checkpoint state
@@ -165,21 +171,21 @@ class NoisyRNNCallback(pl.Callback):
         if self._registered_here:
             remove_noise(pl_module)
         else:
-            noise_level(pl_module, 1.0)
+            set_noise_level(pl_module, 1.0)
         self._registered_here = False
         self._module = None
 
     def _current_source_states(self) -> dict[str, dict[str, Any]]:
         if self._module is None:
             return dict(self._source_states)
-        return {name: module._nrnn_runtime.source.state_dict() for name, module in noisy_modules(self._module)}
+        return {name: runtime.source.state_dict() for name, runtime in noise_runtimes(self._module)}
 
     def _load_sources(self, states: Mapping[str, Mapping[str, Any]]) -> None:
         if self._module is None or not states:
             return
-        for name, module in noisy_modules(self._module):
+        for name, runtime in noise_runtimes(self._module):
             if name in states:
-                module._nrnn_runtime.source.load_state_dict(_usable_generators(name, states[name]))
+                runtime.source.load_state_dict(_usable_generators(name, states[name]))
 
     def _apply_pending(self) -> None:
         if self._pending is None:
@@ -211,11 +217,9 @@ class NoisyRNNCallback(pl.Callback):
         self._pending = None
 
     def _wrap_training_step(self, pl_module: pl.LightningModule) -> None:
-        from nrnn_plugin.regularizer import regularized_loss
-
         self._previous_step = pl_module.__dict__.get("training_step")
         original = pl_module.training_step
-        closure_fn = self.loss_closure or default_loss_closure
+        closure_fn = self.loss_closure or _family_closure(pl_module) or default_loss_closure
         config = self.config
 
         def training_step(batch: Any, batch_idx: int, *args: Any, **kwargs: Any) -> Any:
@@ -243,7 +247,8 @@ def _coerce_config(config: NoiseConfig | Mapping[str, Any] | None, use_env: bool
         config = NoiseConfig.from_dict(config)
     if not isinstance(config, NoiseConfig):
         raise TypeError(
-            f"NoisyRNNCallback: config must be a NoiseConfig, a mapping of its fields or None, got {type(config).__name__}"
+            "NoisyRNNCallback: config must be a NoiseConfig, a mapping of its fields or None, got "
+            f"{type(config).__name__}"
         )
     return NoiseConfig.from_env(base=config) if use_env else config
 
@@ -268,25 +273,24 @@ def logging_suppressed(module: pl.LightningModule) -> Iterator[None]:
                 module.__dict__.pop(name, None)
 
 
-def _is_forecasting_v1(module: pl.LightningModule) -> bool:
-    base = sys.modules.get("pytorch_forecasting.models.base._base_model")
-    return base is not None and isinstance(module, base.BaseModel)
+def _family_closure(module: pl.LightningModule) -> LossClosure | None:
+    """The loss closure a plugin provides for ``module``'s model family (``nrnn_loss_closure`` hook), if any."""
+    answer, plugin = first_result("nrnn_loss_closure", module=module)
+    if answer is not None and not callable(answer):
+        raise PluginError(
+            f"plugin {plugin!r} answered nrnn_loss_closure with {type(answer).__name__}, expected a callable"
+        )
+    return answer
 
 
 def default_loss_closure(module: pl.LightningModule, batch: Any, batch_idx: int) -> Tensor:
-    """Recompute the training loss of ``batch`` without side effects.
+    """Recompute the training loss of ``batch`` without side effects: the (unwrapped) ``training_step`` with
+    logging suppressed; its loss is the returned tensor or ``output["loss"]``.
 
-    * pytorch-forecasting models (``BaseModel``): ``module.step(x, y, batch_idx)`` with logging suppressed
-      (``training_step`` would also append to ``training_step_outputs``).
-    * any other LightningModule: ``module.training_step(batch, batch_idx)`` (the unwrapped one) with logging
-      suppressed; its loss is the returned tensor or ``output["loss"]``. A ``training_step`` with other side
-      effects needs an explicit ``loss_closure``.
+    A ``training_step`` with other side effects needs an explicit ``loss_closure`` (or, for a model family, a
+    plugin implementing the ``nrnn_loss_closure`` hook).
     """
     with logging_suppressed(module):
-        if _is_forecasting_v1(module):
-            x, y = batch
-            log, _ = module.step(x, y, batch_idx)
-            return log["loss"]
         step = module.training_step
         step = getattr(step, "__wrapped__", step)
         return _loss_of(step(batch, batch_idx))

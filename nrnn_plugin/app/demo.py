@@ -17,7 +17,7 @@ Recipe (every number is in :data:`DEFAULT` / :data:`QUICK`):
    ``demo_results.csv`` (tidy, one row per model/seed/perturbation/strength/metric), ``demo_robustness.png``
    and the data as ``co2_weekly.csv`` (input of ``examples/run.yaml``) in the output folder.
 
-Imports Lightning and pytorch-forecasting (through :mod:`nrnn_plugin.pipeline`): import this module lazily.
+Imports Lightning and pytorch-forecasting (through :mod:`nrnn_plugin.app.training`): import this module lazily.
 """
 
 from __future__ import annotations
@@ -28,9 +28,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from nrnn_plugin import pipeline
-from nrnn_plugin.cli_config import DataSpec, ModelSpec, TrainerSpec
-from nrnn_plugin.cli_data import prepare_frame, split_and_check
+from nrnn_plugin.app import report, training
+from nrnn_plugin.app.data import prepare_frame, split_and_check
+from nrnn_plugin.app.datasets import build_datasets
+from nrnn_plugin.app.progress import NullReporter, Reporter
+from nrnn_plugin.app.run_config import DataSpec, ModelSpec, TrainerSpec
 from nrnn_plugin.config import NoiseConfig
 
 __all__ = ["DemoSettings", "DEFAULT", "QUICK", "DemoResult", "run_demo", "load_dataset"]
@@ -99,8 +101,13 @@ def load_dataset(name: str) -> tuple[pd.DataFrame, DataSpec, str]:
         frame["year"] = frame["year"].astype(int)
         spec = DataSpec.from_dict(
             {
-                "time": "year", "target": "sunspots", "max_encoder_length": 24, "max_prediction_length": 6,
-                "normalizer": "group", "validation": 0.2, "test": 0.2,
+                "time": "year",
+                "target": "sunspots",
+                "max_encoder_length": 24,
+                "max_prediction_length": 6,
+                "normalizer": "group",
+                "validation": 0.2,
+                "test": 0.2,
             }
         )
         return frame, spec, "sunspots_yearly.csv"
@@ -122,12 +129,12 @@ def run_demo(
     epochs: int | None = None,
     seed: int = 0,
     noise: float | None = None,
-    reporter: pipeline.Reporter | None = None,
+    reporter: Reporter | None = None,
 ) -> DemoResult:
     """Train, evaluate and compare; write CSV and PNG into ``out_dir``. ``seed`` offsets the training seeds."""
     from nrnn_plugin.robustness import plot_robustness
 
-    reporter = reporter or pipeline.NullReporter()
+    reporter = reporter or NullReporter()
     if dataset not in SETTINGS:
         raise ValueError(f"run_demo: dataset must be one of {DATASETS}, got {dataset!r}")
     settings = SETTINGS[dataset][1 if quick else 0]
@@ -143,15 +150,25 @@ def run_demo(
     data_file = out / csv_name
     raw.to_csv(data_file, index=False)
     prepared, split = split_and_check(prepare_frame(raw, spec, source=csv_name), source=csv_name)
-    datasets = pipeline.build_datasets(prepared, split, source=csv_name)
+    datasets = build_datasets(prepared, split, source=csv_name)
+    test = datasets.test
+    if test is None:
+        raise RuntimeError("the demo's split has no test windows")
     reporter.progress(
         f"{csv_name}: {len(prepared.frame)} steps ({'; '.join(prepared.notes) or 'complete'}); windows: train "
-        f"{len(datasets.training)}, validation {len(datasets.validation)}, test {len(datasets.test)} "
+        f"{len(datasets.training)}, validation {len(datasets.validation)}, test {len(test)} "
         f"(time steps >= {split.test_start}, never trained or selected on)"
     )
     model_spec = ModelSpec.from_dict(
-        {"class": "RecurrentNetwork", "cell_type": "LSTM", "hidden_size": settings.hidden_size, "rnn_layers": 1,
-         "dropout": 0.0, "learning_rate": 0.01, "loss": "MAE"}
+        {
+            "class": "RecurrentNetwork",
+            "cell_type": "LSTM",
+            "hidden_size": settings.hidden_size,
+            "rnn_layers": 1,
+            "dropout": 0.0,
+            "learning_rate": 0.01,
+            "loss": "MAE",
+        }
     )
     plain_name, noisy_name = "LSTM", f"LSTM + noise {settings.noise:g}"
     arms = {plain_name: None, noisy_name: settings.noise}
@@ -160,29 +177,37 @@ def run_demo(
         f"{settings.epochs} epochs each; '{noisy_name}' = additive hidden-state noise sigma {settings.noise:g}"
     )
 
-    frames, fit_seconds = [], {name: 0.0 for name in arms}
+    frames, fit_seconds = [], dict.fromkeys(arms, 0.0)
     for train_seed in seeds:
         models = {}
         for name, sigma in arms.items():
             trainer_spec = TrainerSpec(
-                max_epochs=settings.epochs, batch_size=64, seed=train_seed, gradient_clip_val=1.0,
+                max_epochs=settings.epochs,
+                batch_size=64,
+                seed=train_seed,
+                gradient_clip_val=1.0,
                 limit_train_batches=settings.limit_train_batches,
             )
             import lightning.pytorch as pl
 
             pl.seed_everything(train_seed, verbose=False)
-            model = pipeline.build_model(model_spec, datasets.training)
+            model = training.build_model(model_spec, datasets.training)
             config = None if sigma is None else NoiseConfig(additive=sigma, seed=train_seed)
-            trained = pipeline.fit_model(
-                model, datasets, trainer_spec, config, out_dir=None, label=f"{name} (seed {train_seed})",
+            trained = training.fit_model(
+                model,
+                datasets,
+                trainer_spec,
+                config,
+                out_dir=None,
+                label=f"{name} (seed {train_seed})",
                 reporter=reporter,
             )
             fit_seconds[name] += trained.seconds
             models[name] = trained.model
         started = time.perf_counter()
-        scores = pipeline.evaluate_robustness(models, datasets.test, settings.grid, seeds=settings.perturbation_seeds)
+        scores = report.evaluate_robustness(models, test, settings.grid, seeds=settings.perturbation_seeds)
         seconds = time.perf_counter() - started
-        reporter.progress(f"evaluated seed {train_seed} on {len(datasets.test)} test windows ({seconds:.1f}s)")
+        reporter.progress(f"evaluated seed {train_seed} on {len(test)} test windows ({seconds:.1f}s)")
         scores.insert(1, "train_seed", train_seed)
         frames.append(scores)
 
@@ -194,7 +219,10 @@ def run_demo(
     folded = _fold_seeds(results)
     png_path = out / "demo_robustness.png"
     plot_robustness(
-        folded[folded["metric"] == "mae"], png_path, metric="mae", ncols=len(settings.grid),
+        folded[folded["metric"] == "mae"],
+        png_path,
+        metric="mae",
+        ncols=len(settings.grid),
         title=f"{dataset}: test MAE under perturbed encoder inputs (bands: ± std over seeds)",
     )
     table = _report(folded, settings, seeds, fit_seconds, plain_name, noisy_name, dataset)
@@ -231,7 +259,7 @@ def _report(
         f"{len(seeds)} training seed(s) x {len(settings.perturbation_seeds)} perturbation seed(s); "
         f"change = {noisy} relative to {plain}",
         "",
-        pipeline.format_robustness_table(mae),
+        report.format_robustness_table(mae),
         "",
         f"training time ({settings.epochs} epochs x {len(seeds)} seed(s)): "
         + ", ".join(f"{name} {seconds:.0f}s" for name, seconds in fit_seconds.items()),

@@ -16,14 +16,23 @@ whole file is validated before pandas, Lightning or pytorch-forecasting is touch
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from nrnn_plugin.config import NoiseConfig
+from nrnn_plugin.app.errors import ConfigError, DataError, InputError
+from nrnn_plugin.config import NoiseConfig, yaml_loader
+from nrnn_plugin.validation import (
+    check_bool,
+    check_choice,
+    check_int,
+    check_names,
+    check_real,
+    expected,
+    reject_unknown,
+)
 
 __all__ = [
     "InputError",
@@ -47,96 +56,67 @@ MISSING = ("interpolate", "drop", "error")
 DATA_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".parquet", ".pq")
 
 
-class InputError(ValueError):
-    """Bad user input (config, data, paths): the CLI prints the message on one line and exits with status 2."""
-
-
-class ConfigError(InputError):
-    """An invalid run configuration; the message names the key, the allowed values and the value received."""
-
-
-class DataError(InputError):
-    """A data file that does not fit the configuration (missing columns, non-numeric target, too short)."""
-
-
 # ---------------------------------------------------------------------------------------------- checks
 
 
-def _expected(key: str, allowed: str, value: Any) -> ConfigError:
-    return ConfigError(f"{key}: expected {allowed}, got {value!r}")
-
-
 def _reject_unknown(section: str, data: Mapping[str, Any], known: tuple[str, ...] | list[str]) -> None:
-    unknown = sorted(str(k) for k in set(data) - set(known))
-    if unknown:
-        where = f"section {section!r}" if section else "the run file"
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed keys are {sorted(known)}")
+    reject_unknown(f"section {section!r}" if section else "the run file", data, known, error=ConfigError)
 
 
 def _mapping(key: str, value: Any) -> Mapping[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        raise _expected(key, "a mapping (a YAML section of 'name: value' lines)", value)
+        raise expected(key, "a mapping (a YAML section of 'name: value' lines)", value, ConfigError)
     return value
 
 
-def _string(key: str, value: Any, *, optional: bool = False) -> str | None:
-    if value is None and optional:
+def _string(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise expected(key, "a non-empty string", value, ConfigError)
+    return value
+
+
+def _optional_string(key: str, value: Any) -> str | None:
+    if value is None:
         return None
     if not isinstance(value, str) or not value:
-        raise _expected(key, "a non-empty string" + (" or null" if optional else ""), value)
+        raise expected(key, "a non-empty string or null", value, ConfigError)
     return value
 
 
 def _strings(key: str, value: Any) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
-        raise _expected(key, "a list of column names", value)
-    if len(set(value)) != len(value):
-        raise _expected(key, "a list of distinct column names", value)
-    return tuple(value)
+    return check_names(key, value, what="column names", distinct=True, value_error=ConfigError, type_error=ConfigError)
 
 
-def _integer(key: str, value: Any, *, minimum: int, optional: bool = False) -> int | None:
-    if value is None and optional:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise _expected(key, f"an integer >= {minimum}" + (" or null" if optional else ""), value)
-    return value
+def _integer(key: str, value: Any, *, minimum: int) -> int:
+    return check_int(key, value, minimum=minimum, value_error=ConfigError, type_error=ConfigError)
 
 
-def _number(key: str, value: Any, *, minimum: float, strict: bool, optional: bool = False) -> float | None:
-    if value is None and optional:
-        return None
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-    if ok:
-        ok = value > minimum if strict else value >= minimum
-    if not ok:
-        bound = f"> {minimum}" if strict else f">= {minimum}"
-        raise _expected(key, f"a number {bound}" + (" or null" if optional else ""), value)
-    return float(value)
+def _optional_integer(key: str, value: Any, *, minimum: int) -> int | None:
+    return None if value is None else _integer(key, value, minimum=minimum)
+
+
+def _number(key: str, value: Any, *, minimum: float, strict: bool) -> float:
+    return check_real(key, value, minimum=minimum, strict=strict, value_error=ConfigError, type_error=ConfigError)
+
+
+def _optional_number(key: str, value: Any, *, minimum: float, strict: bool) -> float | None:
+    return None if value is None else _number(key, value, minimum=minimum, strict=strict)
 
 
 def _choice(key: str, value: Any, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise _expected(key, "one of " + ", ".join(repr(c) for c in choices), value)
-    return value
+    return check_choice(key, value, choices, value_error=ConfigError, type_error=ConfigError)
 
 
 def _boolean(key: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise _expected(key, "true or false", value)
-    return value
+    return check_bool(key, value, type_error=ConfigError, spelling="true or false")
 
 
 def _split_size(key: str, value: Any, *, allow_zero: bool) -> float | int:
     """A split size: an integer number of time steps (>= 1), or a fraction of the time span in (0, 1)."""
     if isinstance(value, bool):
-        raise _expected(key, "a number of time steps (integer >= 1) or a fraction in (0, 1)", value)
+        raise expected(key, "a number of time steps (integer >= 1) or a fraction in (0, 1)", value, ConfigError)
     if allow_zero and value == 0:
         return 0
     if isinstance(value, int) and value >= 1:
@@ -144,7 +124,7 @@ def _split_size(key: str, value: Any, *, allow_zero: bool) -> float | int:
     if isinstance(value, float) and 0.0 < value < 1.0:
         return value
     allowed = "a number of time steps (integer >= 1) or a fraction in (0, 1)" + (" or 0" if allow_zero else "")
-    raise _expected(key, allowed, value)
+    raise expected(key, allowed, value, ConfigError)
 
 
 # ---------------------------------------------------------------------------------------------- sections
@@ -187,11 +167,11 @@ class DataSpec:
             if required not in data:
                 raise ConfigError(f"data.{required}: required (the name of the {required} column), but missing")
         spec = cls(
-            path=_string("data.path", data.get("path"), optional=True),
+            path=_optional_string("data.path", data.get("path")),
             time=_string("data.time", data["time"]),
             target=_string("data.target", data["target"]),
             group_ids=_strings("data.group_ids", data.get("group_ids")),
-            freq=_string("data.freq", data.get("freq"), optional=True),
+            freq=_optional_string("data.freq", data.get("freq")),
             known_reals=_strings("data.known_reals", data.get("known_reals")),
             unknown_reals=_strings("data.unknown_reals", data.get("unknown_reals")),
             known_categoricals=_strings("data.known_categoricals", data.get("known_categoricals")),
@@ -260,7 +240,7 @@ class ModelSpec:
     """Section ``model``: ``class`` (one of :data:`SUPPORTED_MODELS`) and keyword arguments of that class.
 
     The keyword arguments go to ``Model.from_dataset``; they are checked against the class's signature when
-    the model is built (``nrnn_plugin.pipeline``). ``loss`` is the name of a ``pytorch_forecasting.metrics``
+    the model is built (:mod:`nrnn_plugin.app.training`). ``loss`` is the name of a ``pytorch_forecasting.metrics``
     class (``MAE``, ``RMSE``, ``SMAPE``, ``QuantileLoss``, ``NormalDistributionLoss`` for DeepAR, ...).
     """
 
@@ -278,7 +258,7 @@ class ModelSpec:
             )
         for key in data:
             if not isinstance(key, str):
-                raise _expected("model", "keyword argument names (strings)", key)
+                raise expected("model", "keyword argument names (strings)", key, ConfigError)
         if "loss" in data:
             _string("model.loss", data["loss"])
         return cls(name=name, kwargs=data)
@@ -317,12 +297,12 @@ class TrainerSpec:
             max_epochs=_integer("trainer.max_epochs", data.get("max_epochs", 20), minimum=1),
             batch_size=_integer("trainer.batch_size", data.get("batch_size", 64), minimum=1),
             seed=_integer("trainer.seed", data.get("seed", 0), minimum=0),
-            gradient_clip_val=_number(
-                "trainer.gradient_clip_val", data.get("gradient_clip_val", 1.0), minimum=0.0, strict=True, optional=True
+            gradient_clip_val=_optional_number(
+                "trainer.gradient_clip_val", data.get("gradient_clip_val", 1.0), minimum=0.0, strict=True
             ),
             limit_train_batches=limit,
-            early_stopping_patience=_integer(
-                "trainer.early_stopping_patience", data.get("early_stopping_patience"), minimum=1, optional=True
+            early_stopping_patience=_optional_integer(
+                "trainer.early_stopping_patience", data.get("early_stopping_patience"), minimum=1
             ),
             accelerator=_choice("trainer.accelerator", data.get("accelerator", "cpu"), ("cpu", "gpu", "cuda", "auto")),
             devices=_integer("trainer.devices", data.get("devices", 1), minimum=1),
@@ -363,7 +343,7 @@ class RunConfig:
     @classmethod
     def from_dict(cls, data: Any) -> RunConfig:
         if not isinstance(data, Mapping):
-            raise _expected("run file", "a mapping with sections " + ", ".join(cls.SECTIONS), data)
+            raise expected("run file", "a mapping with sections " + ", ".join(cls.SECTIONS), data, ConfigError)
         _reject_unknown("", data, cls.SECTIONS)
         if "data" not in data:
             raise ConfigError("data: required section (path, time, target, ...), but missing")
@@ -403,14 +383,12 @@ def load_run_config(path: str | os.PathLike[str]) -> RunConfig:
     """Read and validate a run file (YAML, safe loading; ``1e-3`` is a number)."""
     import yaml
 
-    from nrnn_plugin.config import _float_aware_safe_loader
-
     file = Path(path)
     if not file.is_file():
         folder = "" if file.parent.is_dir() else " (no such folder)"
         raise InputError(f"config file not found: {str(file)!r}{folder}")
     try:
-        data = yaml.load(file.read_text(), Loader=_float_aware_safe_loader())
+        data = yaml.load(file.read_text(), Loader=yaml_loader())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""

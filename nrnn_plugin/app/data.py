@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from nrnn_plugin.cli_config import DATA_SUFFIXES, ConfigError, DataError, DataSpec, InputError, RunConfig
+from nrnn_plugin.app.errors import ConfigError, DataError, InputError
+from nrnn_plugin.app.run_config import DATA_SUFFIXES, DataSpec, RunConfig
 
 __all__ = [
     "SERIES_COLUMN",
@@ -36,8 +37,6 @@ __all__ = [
 ]
 
 SERIES_COLUMN = "_series"  # the group column added when data.group_ids is empty
-
-
 
 
 def read_table(path: str | Path) -> pd.DataFrame:  # noqa: C901 (one branch per format)
@@ -318,15 +317,13 @@ def split_and_check(prepared: PreparedData, *, source: str = "data") -> tuple[Pr
     if short:
         keep = ~frame.set_index(list(prepared.group_ids)).index.isin(short)
         named = ", ".join(str(g) for g in short[:5]) + (" ..." if len(short) > 5 else "")
-        prepared.notes.append(
-            f"left out {len(short)} series with fewer than {window} training steps: {named}"
-        )
+        prepared.notes.append(f"left out {len(short)} series with fewer than {window} training steps: {named}")
         prepared = replace(prepared, frame=frame[keep].reset_index(drop=True))
     return prepared, split
 
 
 def load_training_data(config: RunConfig, data_path: str | None = None) -> tuple[RunConfig, PreparedData, Split]:
-    """Read and check the run's data (pandas only; see :mod:`nrnn_plugin.cli_data`); ``data_path`` overrides
+    """Read and check the run's data (pandas only; see :mod:`nrnn_plugin.app.data`); ``data_path`` overrides
     ``data.path``. Returns the config with the path filled in, the prepared data and its time split."""
     path = data_path or config.data.path
     if not path:

@@ -1,0 +1,208 @@
+"""The handlers of the ``nrnn`` commands: each checks its input, imports what it needs and runs an engine.
+
+Each handler takes the parsed arguments and returns the exit status; errors in the user's input are raised as
+:class:`~nrnn_plugin.app.errors.InputError` (one line, exit 2, printed by :func:`nrnn_plugin.app.cli.main`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from nrnn_plugin.app.errors import InputError
+from nrnn_plugin.app.progress import StderrReporter
+
+__all__ = ["cmd_plugins", "cmd_train", "cmd_robustness", "cmd_demo", "cmd_bench", "format_plugin_report", "DEBUG_VAR"]
+
+EXIT_OK = 0
+DEBUG_VAR = "NRNN_DEBUG"
+
+
+def debug() -> bool:
+    """True when ``NRNN_DEBUG`` asks for tracebacks and framework warnings."""
+    return os.environ.get(DEBUG_VAR, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def quiet_frameworks() -> None:
+    """Silence Lightning's info banners and the framework warnings a CLI user cannot act on.
+
+    Called by the subcommands that train or evaluate (never by the library), after Lightning is imported (it
+    sets its own logger levels on import). ``NRNN_DEBUG=1`` keeps them.
+    """
+    if debug():
+        return
+    import logging
+    import warnings
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning", "pytorch_forecasting"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    for module in ("lightning", "pytorch_lightning", "pytorch_forecasting", "torch", "sklearn"):
+        warnings.filterwarnings("ignore", module=module)
+        warnings.filterwarnings("ignore", module=module + r"\..*")
+    # The noise callback's resume note and the pipeline's own warnings stay visible; Lightning's
+    # "does not have many workers" and pytorch-forecasting's "attribute is an nn.Module" notices do not.
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=r".*is an instance of `nn.Module` and is already saved.*")
+
+
+def set_threads(threads: int | None) -> None:
+    """``torch.set_num_threads`` for this run (``None``: leave PyTorch's default).
+
+    Small recurrent models are fastest on one thread: their matrix products are too small to split, and
+    OpenMP workers that spin while the machine is busy cost more than they give (measured on a busy 2-core
+    machine: the two models of ``nrnn demo --quick`` trained in 8 s on one thread, 59 s on two).
+    """
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def require(command: str, modules: Sequence[str], extra: str) -> None:
+    """Refuse to start ``command`` (one line, exit 2) when an optional dependency is not installed."""
+    import importlib.util
+
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise InputError(
+            f"'nrnn {command}' needs {', '.join(missing)}, which is not installed: pip install 'nrnn-plugin[{extra}]'"
+        )
+
+
+FORECASTING = ("lightning", "pytorch_forecasting")
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    import warnings
+
+    from nrnn_plugin.plugins import ALLOWLIST_VAR, DISABLE_AUTOLOAD_VAR, ENTRY_POINT_GROUP, plugin_report
+
+    with warnings.catch_warnings():  # a broken plugin's warning: its reason is in the report below
+        warnings.simplefilter("ignore", RuntimeWarning)
+        report = plugin_report()
+    if args.json:
+        print(json.dumps(report, indent=2, sort_keys=True))
+        return EXIT_OK
+    print(format_plugin_report(report, ENTRY_POINT_GROUP))
+    switches = [f"{var}={os.environ[var]}" for var in (DISABLE_AUTOLOAD_VAR, ALLOWLIST_VAR) if var in os.environ]
+    if switches:
+        print("environment: " + ", ".join(switches))
+    return EXIT_OK
+
+
+def format_plugin_report(report: Sequence[dict[str, Any]], group: str) -> str:
+    """The plugin report as a fixed-width table: name, source, status, and what it handles or why it was skipped."""
+    rows = []
+    for entry in report:
+        adapter = entry.get("adapter") or {}
+        if not entry["loaded"]:
+            status, detail = "skipped", entry.get("reason", "")
+        elif adapter and not adapter.get("available", True):
+            status, detail = "unavailable", adapter.get("reason", "")
+        else:
+            status = "loaded"
+            handles = adapter.get("handles") or []
+            detail = ("handles " + ", ".join(_short(h) for h in handles)) if handles else ""
+        rows.append((entry["name"], entry["source"], status, detail))
+    header = ("plugin", "source", "status", "details")
+    widths = [max(len(r[i]) for r in rows + [header]) for i in range(3)]
+    lines = [f"nrnn-plugin plugins (entry-point group {group!r}):"]
+    for row in [header] + rows:
+        lines.append("  " + "  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths)) + "  " + row[3])
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _short(qualified: str) -> str:
+    """``pytorch_forecasting.models.nn.rnn.LSTM`` -> ``pytorch_forecasting...rnn.LSTM`` (readable in a table)."""
+    parts = qualified.split(".")
+    return qualified if len(parts) <= 3 else f"{parts[0]}...{parts[-2]}.{parts[-1]}"
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from nrnn_plugin.app.run_config import load_run_config
+
+    set_threads(args.threads)
+    reporter = StderrReporter(quiet=args.quiet)
+    config = load_run_config(args.config)  # the run file and the data are checked before the slow imports
+    if args.no_noise:
+        config = dataclasses.replace(config, noise=None)
+    from nrnn_plugin.app.data import load_training_data
+
+    config, prepared, split = load_training_data(config, args.data)
+    require("train", FORECASTING, "forecasting")
+    reporter.progress(f"{args.config}: valid; importing pytorch-forecasting")
+    from nrnn_plugin.app import training
+
+    quiet_frameworks()
+    overrides: dict[str, Any] = {}
+    if args.max_epochs is not None:
+        overrides["max_epochs"] = args.max_epochs
+    result = training.run_training(
+        config, prepared, split, out_dir=args.out, trainer_overrides=overrides, reporter=reporter
+    )
+    print(training.format_training_summary(result))
+    return EXIT_OK
+
+
+def cmd_robustness(args: argparse.Namespace) -> int:
+    set_threads(args.threads)
+    reporter = StderrReporter(quiet=args.quiet)
+    require("robustness", (*FORECASTING, "matplotlib"), "forecasting,data")
+    from nrnn_plugin.app import report as report_engine
+
+    quiet_frameworks()
+    report = report_engine.run_robustness_report(
+        checkpoints=args.checkpoint,
+        data_path=args.data,
+        out_dir=args.out,
+        perturbations=args.perturbations,
+        strengths=args.strengths,
+        seeds=args.seeds,
+        windows=args.windows,
+        reporter=reporter,
+    )
+    print(report.table)
+    for path in report.files:
+        reporter.note(f"wrote {path}")
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    set_threads(args.threads)
+    reporter = StderrReporter(quiet=args.quiet)
+    require("demo", (*FORECASTING, "statsmodels", "matplotlib"), "forecasting,data")
+    from nrnn_plugin.app import demo
+
+    quiet_frameworks()
+
+    result = demo.run_demo(
+        out_dir=args.out,
+        quick=args.quick,
+        dataset=args.dataset,
+        epochs=args.epochs,
+        seed=args.seed,
+        noise=args.noise,
+        reporter=reporter,
+    )
+    print(result.table)
+    for path in result.files:
+        reporter.note(f"wrote {path}")
+    return EXIT_OK
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    set_threads(args.threads)
+    reporter = StderrReporter(quiet=args.quiet)
+    from nrnn_plugin.app import bench
+
+    quiet_frameworks()
+
+    result = bench.run_bench(quick=args.quick, tiny=args.tiny, clock=args.clock, out_dir=args.out, reporter=reporter)
+    print(result.table)
+    for path in result.files:
+        reporter.note(f"wrote {path}")
+    return EXIT_OK

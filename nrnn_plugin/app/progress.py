@@ -1,0 +1,48 @@
+"""Where progress goes: the reporter protocol of the application's engines, and the terminal's reporter."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Protocol, TextIO
+
+__all__ = ["Reporter", "NullReporter", "StderrReporter"]
+
+
+class Reporter(Protocol):
+    """Where progress goes: ``progress`` for routine lines (a quiet CLI drops them), ``note`` for facts the
+    user should see (data fixes, left-out series)."""
+
+    def progress(self, message: str) -> None: ...
+
+    def note(self, message: str) -> None: ...
+
+
+class NullReporter:
+    """A reporter that says nothing (the default of every function here)."""
+
+    def progress(self, message: str) -> None:
+        pass
+
+    def note(self, message: str) -> None:
+        pass
+
+
+class StderrReporter:
+    """Progress and notes for the user, on stderr (stdout carries the tables). ``quiet`` keeps notes only."""
+
+    def __init__(self, stream: TextIO | None = None, *, quiet: bool = False) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.quiet = quiet
+        self.started = time.perf_counter()
+
+    def progress(self, message: str) -> None:
+        if not self.quiet:
+            self._write(message)
+
+    def note(self, message: str) -> None:
+        self._write(message)
+
+    def _write(self, message: str) -> None:
+        elapsed = time.perf_counter() - self.started
+        print(f"[{elapsed:6.1f}s] {message}", file=self.stream, flush=True)
