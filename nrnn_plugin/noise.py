@@ -44,7 +44,12 @@ class Sampler(Protocol):
 def gaussian_sampler(
     source: NoiseSource, shape: tuple[int, ...], device: torch.device, dtype: torch.dtype
 ) -> torch.Tensor:
-    """The built-in sampler: ``torch.randn`` on the source's own generator (one call per draw)."""
+    """The built-in sampler: ``torch.randn`` on the source's own generator (one call per draw).
+
+    On the ``meta`` device (shapes only, no data) the draw is an empty meta tensor and no generator is made.
+    """
+    if device.type == "meta":
+        return torch.empty(shape, device=device, dtype=dtype)
     return torch.randn(shape, generator=source.generator(device), device=device, dtype=dtype)
 
 
