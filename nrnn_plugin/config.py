@@ -19,10 +19,8 @@ import dataclasses
 import functools
 import math
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
 from nrnn_plugin.validation import (
@@ -34,6 +32,7 @@ from nrnn_plugin.validation import (
     expected,
     reject_unknown,
 )
+from nrnn_plugin.yaml_io import dump_yaml, read_yaml, yaml_loader
 
 __all__ = ["NoiseConfig", "Schedule", "SCHEMES", "TARGETS", "MODES", "ESTIMATORS", "yaml_loader"]
 
@@ -47,6 +46,8 @@ SCHEDULE_INTERVALS = ("step", "epoch")
 _ENV_PREFIX = "NRNN_"
 # Variables with these prefixes configure other parts of the library, not the noise.
 _ENV_RESERVED_PREFIXES = ("NRNN_PLUGIN_",)
+# Variables of the command line, not of the noise.
+_ENV_RESERVED = ("NRNN_DEBUG",)
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -219,17 +220,23 @@ class NoiseConfig:
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str], key: str | None = None) -> NoiseConfig:
-        """Load from a YAML file with safe loading; ``key`` selects a section (e.g. ``"noise"``).
+        """Load from a YAML file (:mod:`nrnn_plugin.yaml_io`: safe loading, YAML 1.2 numbers and booleans,
+        duplicate keys refused); ``key`` selects a top-level section (e.g. ``"noise"``).
 
-        An empty file or section gives the defaults. ``1e-3`` is read as a number (PyYAML alone reads it as
-        a string).
+        An empty file, or a section that is empty or ``null``, gives the defaults; anything else that is not a
+        mapping (``false``, ``0``, ``[]``, ``''``) is an error, as is malformed YAML (``ValueError`` with the
+        line and column).
         """
-        data = _read_yaml(path)
+        data = _mapping_or_empty(read_yaml(path), f"NoiseConfig.from_yaml: {str(path)!r}")
         if key is not None:
-            if not isinstance(data, Mapping) or key not in data:
+            if key not in data:
                 raise ValueError(f"NoiseConfig.from_yaml: {str(path)!r} has no top-level section {key!r}")
-            data = data[key] or {}
+            data = _mapping_or_empty(data[key], f"NoiseConfig.from_yaml: section {key!r} of {str(path)!r}")
         return cls.from_dict(data)
+
+    def to_yaml(self) -> str:
+        """This configuration as YAML text that :meth:`from_yaml` reads back as an equal configuration."""
+        return dump_yaml(self.to_dict())
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, base: NoiseConfig | None = None) -> NoiseConfig:
@@ -237,21 +244,25 @@ class NoiseConfig:
 
         ``NRNN_CONFIG`` names a YAML file read first; individual variables override it and ``base``.
         Nested schedule fields use ``NRNN_SCHEDULE_<FIELD>``. Lists (``include``, ``exclude``) are
-        comma-separated. ``NRNN_PLUGIN_*`` variables belong to the plugin loader and are ignored here; any
-        other unknown ``NRNN_*`` variable is an error, so a typo cannot silently leave noise off.
+        comma-separated. ``NRNN_PLUGIN_*`` variables belong to the plugin loader and ``NRNN_DEBUG`` to the
+        command line: both are ignored here; any other unknown ``NRNN_*`` variable is an error, so a typo cannot
+        silently leave noise off. Values must be strings (``TypeError`` names the variable otherwise).
         """
         env = dict(os.environ if environ is None else environ)
+        for var, raw in env.items():
+            if isinstance(var, str) and var.startswith(_ENV_PREFIX) and not isinstance(raw, str):
+                raise expected(var, "a string (an environment variable's value)", raw, TypeError)
         data: dict[str, Any] = base.to_dict() if base is not None else {}
         config_file = env.pop(_ENV_PREFIX + "CONFIG", None)
         if config_file:
-            from_file = _read_yaml(config_file)
+            from_file = _mapping_or_empty(read_yaml(config_file), f"NRNN_CONFIG={config_file!r}")
             validated = cls.from_dict(from_file).to_dict()  # the file alone must be a valid config
             data.update({key: validated[key] for key in from_file})  # it overrides only the keys it sets
         schedule: dict[str, Any] = dict(data.get("schedule", {}))
         top_fields = {f.name: f for f in fields(cls) if f.name != "schedule"}
         schedule_fields = {f.name: f for f in fields(Schedule)}
-        for var, raw in sorted(env.items()):
-            if not var.startswith(_ENV_PREFIX) or var.startswith(_ENV_RESERVED_PREFIXES):
+        for var, raw in sorted((k, v) for k, v in env.items() if isinstance(k, str)):
+            if not var.startswith(_ENV_PREFIX) or var.startswith(_ENV_RESERVED_PREFIXES) or var in _ENV_RESERVED:
                 continue
             name = var[len(_ENV_PREFIX) :].lower()
             if name.startswith("schedule_") and name[len("schedule_") :] in schedule_fields:
@@ -271,11 +282,13 @@ class NoiseConfig:
         return cls.from_dict(data)
 
 
-def _read_yaml(path: str | os.PathLike[str]) -> Any:
-    """The parsed YAML file (safe loading; ``1e-3`` is a number); ``{}`` for an empty file."""
-    import yaml
-
-    return yaml.load(Path(path).read_text(), Loader=yaml_loader()) or {}
+def _mapping_or_empty(data: Any, where: str) -> Mapping[str, Any]:
+    """``{}`` for an empty document or section (``None``); the mapping itself; an error for anything else."""
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        raise expected(where, "a mapping of config fields (or an empty section)", data, TypeError)
+    return data
 
 
 def _parse_env_value(var: str, raw: str, annotation: Any) -> Any:
@@ -304,27 +317,3 @@ def _parse_env_value(var: str, raw: str, annotation: Any) -> Any:
     if kind == "tuple[str, ...]":
         return tuple(p.strip() for p in text.split(",") if p.strip())
     return text
-
-
-@functools.lru_cache(maxsize=1)
-def yaml_loader() -> type:
-    """The ``yaml.SafeLoader`` of every YAML file the library reads: it also reads ``1e-3`` (no dot) as a float,
-    as YAML 1.2 does (built on first use)."""
-    import yaml
-
-    class Loader(yaml.SafeLoader):
-        pass
-
-    Loader.add_implicit_resolver(
-        "tag:yaml.org,2002:float",
-        re.compile(
-            r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-            |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-            |\.[0-9_]+(?:[eE][-+][0-9]+)?
-            |[-+]?\.(?:inf|Inf|INF)
-            |\.(?:nan|NaN|NAN))$""",
-            re.X,
-        ),
-        list("-+0123456789."),
-    )
-    return Loader

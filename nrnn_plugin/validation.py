@@ -114,7 +114,7 @@ def check_bool(
     """``True`` or ``False`` (``numpy.bool_`` included); ``spelling`` is how the message names them."""
     if isinstance(value, bool):
         return value
-    if type(value).__name__ == "bool_" and type(value).__module__ == "numpy":
+    if type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_"):
         return bool(value)
     raise expected(key, spelling, value, type_error)
 
@@ -148,5 +148,4 @@ def reject_unknown(
     allowed = sorted(known)
     unknown = sorted((key for key in data if key not in allowed), key=lambda key: (str(type(key)), str(key)))
     if unknown:
-        shown = [key if isinstance(key, str) else repr(key) for key in unknown]
-        raise error(f"{where}: unknown key(s) {shown}; allowed keys are {allowed}")
+        raise error(f"{where}: unknown key(s) {unknown}; allowed keys are {allowed}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
@@ -159,11 +160,12 @@ def test_yaml_round_trip_and_section(tmp_path):
 
 def test_yaml_is_loaded_safely(tmp_path):
     path = tmp_path / "evil.yaml"
-    path.write_text("additive: !!python/object/apply:os.system ['echo pwned']\n")
-    import yaml
-
-    with pytest.raises(yaml.YAMLError):
+    marker = tmp_path / "pwned"
+    path.write_text(f"additive: !!python/object/apply:os.system ['touch {marker}']\n")
+    refused = r"evil.yaml: not valid YAML \(line 1, column 11\): could not determine a constructor"
+    with pytest.raises(ValueError, match=refused):
         NoiseConfig.from_yaml(path)
+    assert not marker.exists()
 
 
 def test_yaml_unknown_key_is_an_error(tmp_path):
@@ -224,3 +226,174 @@ def test_replace_revalidates():
     assert cfg.replace(additive=0.2).additive == 0.2
     with pytest.raises(ValueError, match="NoiseConfig.dt"):
         cfg.replace(dt=0)
+
+
+# ---------------------------------------------------------------------------------------------- boundaries
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("additive", 10**400),
+        ("multiplicative", -(10**400)),
+        ("dt", 10**400),
+        ("regularizer_weight", 10**400),
+        ("additive", float("inf")),
+        ("dt", float("nan")),
+    ],
+)
+def test_huge_and_non_finite_numbers_are_range_errors(field, value):
+    with pytest.raises(ValueError, match=rf"NoiseConfig.{field}: expected a finite number"):
+        NoiseConfig(**{field: value})
+
+
+def test_schedule_final_overflow_is_a_range_error():
+    with pytest.raises(ValueError, match=r"NoiseConfig.schedule.final: expected a finite number >= 0.0 and <= 1.0"):
+        NoiseConfig(schedule={"kind": "linear", "warmup": 2, "final": 10**400})
+
+
+def test_numpy_scalars_are_accepted():
+    np = pytest.importorskip("numpy")
+    cfg = NoiseConfig(additive=np.float32(0.25), probes=np.int64(3), seed=np.int64(7), enabled=np.bool_(True))
+    assert cfg.additive == 0.25 and type(cfg.additive) is float
+    assert cfg.probes == 3 and type(cfg.probes) is int and cfg.seed == 7 and cfg.enabled is True
+
+
+def test_unknown_keys_of_mixed_types_are_listed():
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \[1, 'zz'\]") as info:
+        NoiseConfig.from_dict({1: 0, "zz": 1, "additive": 0.1})
+    assert "allowed keys are" in str(info.value)
+
+
+@pytest.mark.parametrize("text", ["additive: [0.1,\n", "additive: {a: 1\n", "a: 1\na: 2\n", "\tadditive: 1\n"])
+def test_malformed_yaml_is_a_value_error_with_the_place(tmp_path, text):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=r"bad.yaml: not valid YAML \(line \d+, column \d+\)"):
+        NoiseConfig.from_yaml(path)
+
+
+def test_duplicate_keys_are_refused(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text("additive: 0.1\nadditive: 0.5\n")
+    with pytest.raises(ValueError, match=r"duplicate key 'additive' \(first at line 1\)"):
+        NoiseConfig.from_yaml(path)
+
+
+@pytest.mark.parametrize("value", ["false", "0", "[]", "''", "1", "additive"])
+def test_a_section_that_is_not_a_mapping_is_an_error(tmp_path, value):
+    path = tmp_path / "run.yaml"
+    path.write_text(f"noise: {value}\n")
+    with pytest.raises(TypeError, match=r"section 'noise' .*expected a mapping of config fields"):
+        NoiseConfig.from_yaml(path, key="noise")
+
+
+@pytest.mark.parametrize("text", ["", "noise:\n", "noise: null\n", "noise: {}\n"])
+def test_an_empty_document_or_section_means_the_defaults(tmp_path, text):
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    key = "noise" if text else None
+    assert NoiseConfig.from_yaml(path, key=key) == NoiseConfig()
+
+
+def test_a_document_that_is_not_a_mapping_is_an_error(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("- additive\n")
+    with pytest.raises(TypeError, match=r"expected a mapping of config fields"):
+        NoiseConfig.from_yaml(path)
+
+
+@pytest.mark.parametrize(
+    "line, fragment",
+    [
+        ("dt: 1:30", "NoiseConfig.dt: expected a finite number > 0.0, got '1:30'"),
+        ("seed: 010", "NoiseConfig.seed: expected an integer >= 0, got '010'"),
+        ("seed: 0x1f", "NoiseConfig.seed: expected an integer >= 0, got '0x1f'"),
+        ("enabled: yes", "NoiseConfig.enabled: expected True or False, got 'yes'"),
+        ("probes: 1_000", "NoiseConfig.probes: expected an integer >= 1, got '1_000'"),
+    ],
+)
+def test_yaml_1_1_forms_are_strings_and_so_rejected(tmp_path, line, fragment):
+    """YAML 1.1 would read 1:30 as 90, 010 as 8, 0x1f as 31 and yes as True: refused instead of guessed."""
+    path = tmp_path / "c.yaml"
+    path.write_text(line + "\n")
+    with pytest.raises((TypeError, ValueError)) as info:
+        NoiseConfig.from_yaml(path)
+    assert fragment in str(info.value)
+
+
+def test_yaml_round_trip_keeps_strings_that_look_like_numbers(tmp_path):
+    cfg = NoiseConfig(additive=1e-3, include=["1e3", "true", "010", "null", "enc*"], seed=12)
+    path = tmp_path / "c.yaml"
+    path.write_text(cfg.to_yaml())
+    assert NoiseConfig.from_yaml(path) == cfg
+
+
+def test_from_env_rejects_non_string_values_and_ignores_the_cli_switches():
+    with pytest.raises(TypeError, match=r"NRNN_ADDITIVE: expected a string .*got 0.1"):
+        NoiseConfig.from_env({"NRNN_ADDITIVE": 0.1})
+    cfg = NoiseConfig.from_env({"NRNN_DEBUG": "1", "NRNN_PLUGIN_DISABLE_AUTOLOAD": "1", "NRNN_ADDITIVE": "0.2"})
+    assert cfg.additive == 0.2
+
+
+# ---------------------------------------------------------------------------------------------- properties
+
+hypothesis = pytest.importorskip("hypothesis")
+st = hypothesis.strategies
+
+# values a user can put anywhere: numbers of every size, strings, booleans, null, containers
+ANY_VALUE = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**500), max_value=10**500)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=8),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3),
+    max_leaves=6,
+)
+FIELDS = list(NoiseConfig.__dataclass_fields__)
+
+
+@hypothesis.settings(max_examples=300, deadline=None)
+@hypothesis.given(st.dictionaries(st.sampled_from(FIELDS) | st.text(max_size=6) | st.integers(), ANY_VALUE, max_size=4))
+def test_any_mapping_gives_a_config_or_a_clear_error(data):
+    """Never OverflowError, AttributeError, comparison errors...: only ValueError or TypeError naming a field."""
+    try:
+        cfg = NoiseConfig.from_dict(data)
+    except (ValueError, TypeError) as exc:
+        assert str(exc).startswith("NoiseConfig"), str(exc)
+    else:
+        assert NoiseConfig.from_dict(cfg.to_dict()) == cfg
+
+
+@hypothesis.settings(max_examples=200, deadline=None)
+@hypothesis.given(st.text(max_size=60))
+def test_any_yaml_text_gives_a_config_or_a_clear_error(tmp_path_factory, text):
+    path = tmp_path_factory.mktemp("yaml") / "c.yaml"
+    path.write_text(text)
+    with contextlib.suppress(ValueError, TypeError):  # anything else fails the test
+        NoiseConfig.from_yaml(path)
+
+
+@hypothesis.settings(max_examples=200, deadline=None)
+@hypothesis.given(st.dictionaries(st.sampled_from(FIELDS), ANY_VALUE, max_size=4))
+def test_yaml_round_trip_of_valid_configs(tmp_path_factory, data):
+    try:
+        cfg = NoiseConfig.from_dict(data)
+    except (ValueError, TypeError):
+        return
+    path = tmp_path_factory.mktemp("yaml") / "c.yaml"
+    path.write_text(cfg.to_yaml())
+    assert NoiseConfig.from_yaml(path) == cfg
+
+
+ENV_NAMES = [f"NRNN_{f.upper()}" for f in FIELDS if f != "schedule"] + ["NRNN_SCHEDULE_KIND", "NRNN_XYZ"]
+
+
+@hypothesis.settings(max_examples=300, deadline=None)
+@hypothesis.given(st.dictionaries(st.sampled_from(ENV_NAMES), st.text(max_size=10), max_size=4))
+def test_any_environment_gives_a_config_or_a_clear_error(env):
+    try:
+        NoiseConfig.from_env(env)
+    except (ValueError, TypeError) as exc:
+        assert "NRNN_" in str(exc) or str(exc).startswith("NoiseConfig"), str(exc)
