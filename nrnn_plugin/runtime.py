@@ -151,18 +151,21 @@ class NoiseRuntime:
     def draw(
         self,
         rows: int,
-        hidden_size: int,
+        hidden_size: int | Mapping[str, int],
         targets: Sequence[str],
         *,
         directions: int = 1,
         device: torch.device,
         dtype: torch.dtype,
     ) -> list[dict[str, AffineNoise]]:
-        """Noise coefficients for ``directions`` x ``targets`` over ``rows`` rows, from ONE draw.
+        """Noise coefficients for ``directions`` x ``targets`` over ``rows`` rows.
 
-        Returns one ``{target: AffineNoise}`` per direction; coefficient tensors are ``[rows, H]`` (or
-        ``[rows, 1]`` for a shared multiplicative factor). The draw has shape
-        ``[directions, rows, len(targets) * width]`` (``[rows, width]`` when ``directions == 0``: cells).
+        ``hidden_size`` is the units of every target, or a mapping ``{target: units}`` (an LSTM with a
+        projection: ``h`` has ``proj_size`` units, ``c`` has ``hidden_size``). Targets of equal size come from
+        ONE draw of shape ``[directions, rows, len(targets) * width]`` (``[rows, width]`` when
+        ``directions == 0``: cells); targets of different sizes get one draw each, in ``targets`` order.
+        Returns one ``{target: AffineNoise}`` per direction; coefficient tensors are ``[rows, units]`` (or
+        ``[rows, 1]`` for a shared multiplicative factor).
         """
         diffusion = self.diffusion()
         copies = max(directions, 1)
@@ -170,20 +173,25 @@ class NoiseRuntime:
         if self._switches.mean:
             mean = diffusion.mean_coefficients().scaled(scale)
             return [dict.fromkeys(targets, mean) for _ in range(copies)]
-        width = diffusion.width(hidden_size)
-        if width == 0:
-            return [{t: AffineNoise() for t in targets} for _ in range(copies)]
-        if directions == 0:
-            draws = self.source.normal((rows, len(targets) * width), device=device, dtype=dtype).unsqueeze(0)
-        else:
-            draws = self.source.normal((directions, rows, len(targets) * width), device=device, dtype=dtype)
-        return [
-            {
-                target: diffusion.coefficients(per_direction[:, i * width : (i + 1) * width], hidden_size).scaled(scale)
-                for i, target in enumerate(targets)
-            }
-            for per_direction in draws
-        ]
+        sizes = {t: hidden_size if isinstance(hidden_size, int) else hidden_size[t] for t in targets}
+        groups = [list(targets)] if len(set(sizes.values())) <= 1 else [[t] for t in targets]
+        result: list[dict[str, AffineNoise]] = [{} for _ in range(copies)]
+        for group in groups:
+            units = sizes[group[0]]
+            width = diffusion.width(units)
+            if width == 0:
+                for per_direction in result:
+                    per_direction.update({t: AffineNoise() for t in group})
+                continue
+            shape = (rows, len(group) * width) if directions == 0 else (directions, rows, len(group) * width)
+            draws = self.source.normal(shape, device=device, dtype=dtype)
+            if directions == 0:
+                draws = draws.unsqueeze(0)
+            for per_direction, drawn in zip(result, draws):
+                for i, target in enumerate(group):
+                    block = drawn[:, i * width : (i + 1) * width]
+                    per_direction[target] = diffusion.coefficients(block, units).scaled(scale)
+        return result
 
 
 # ---------------------------------------------------------------------------------------------- access

@@ -294,8 +294,8 @@ def test_unsupported_forecasting_modules_fail_clearly():
     with pytest.raises(TypeError, match=r"MyLSTM.*nrnn_noisy_class"):
         nrnn.register_noise(model, CONFIG)
     assert type(model[0]) is MyLSTM
-    with pytest.raises(ValueError, match="proj_size"):
-        nrnn.register_noise(PfLSTM(2, 4, proj_size=2), CONFIG)
+    projected = nrnn.register_noise(PfLSTM(2, 4, proj_size=2), CONFIG)  # supported: noise on the projected h
+    assert type(projected).__name__ == "NoisyForecastingLSTM"
 
 
 def test_adapter_is_lazy_and_reports_availability(monkeypatch):

@@ -26,7 +26,7 @@ from nrnn_plugin.layers.functions import function_kernel
 from nrnn_plugin.layers.layout import SequenceLayout
 from nrnn_plugin.layers.reference import GATE_COUNT, reference_unroll
 from nrnn_plugin.layers.signature import LayerPass, LayerWeights
-from nrnn_plugin.runtime import recording, replaying
+from nrnn_plugin.runtime import noise_control, recording, replaying
 
 DTYPE = torch.float64
 I, H = 3, 4
@@ -48,8 +48,9 @@ NOISE_FORMS = (
 )
 
 
-def _noise(form: str, rows: int, generator: torch.Generator) -> AffineNoise | None:
-    """One of the coefficient forms the schemes produce (see nrnn_plugin.diffusion)."""
+def _noise(form: str, rows: int, generator: torch.Generator, units: int = H) -> AffineNoise | None:
+    """One of the coefficient forms the schemes produce (see nrnn_plugin.diffusion), for a state of ``units``."""
+    H = units  # noqa: N806 (the state's width, the module constant by default)
 
     def randn(width: int, scale: float) -> torch.Tensor:
         return torch.randn(rows, width, dtype=DTYPE, generator=generator) * scale
@@ -77,17 +78,21 @@ def _noise(form: str, rows: int, generator: torch.Generator) -> AffineNoise | No
     raise AssertionError(form)
 
 
-def _case(mode: str, layout: SequenceLayout, bias: bool, seed: int):
+def _case(mode: str, layout: SequenceLayout, bias: bool, seed: int, proj: int = 0):
+    """Leaves of one case; ``proj > 0``: an LSTM with a projection ``w_hr [proj, H]`` (``h`` has ``proj`` units)."""
     generator = torch.Generator().manual_seed(seed)
     gates = GATE_COUNT[mode] * H
+    state = proj or H
 
     def leaf(*shape: int, scale: float = 1.0) -> torch.Tensor:
         return (torch.randn(*shape, dtype=DTYPE, generator=generator) * scale).requires_grad_()
 
     x = leaf(layout.rows, I)
-    weights = [leaf(gates, I, scale=0.5), leaf(gates, H, scale=0.5)]
+    weights = [leaf(gates, I, scale=0.5), leaf(gates, state, scale=0.5)]
     weights += [leaf(gates, scale=0.5), leaf(gates, scale=0.5)] if bias else [None, None]
-    h0 = leaf(layout.batch, H)
+    if proj:
+        weights.append(leaf(proj, H, scale=0.7))
+    h0 = leaf(layout.batch, state)
     c0 = leaf(layout.batch, H) if mode == "LSTM" else None
     return generator, x, weights, h0, c0
 
@@ -141,17 +146,19 @@ def _assert_close(actual: list[torch.Tensor], expected: list[torch.Tensor], what
         torch.testing.assert_close(a, e, rtol=tol, atol=tol, msg=lambda m: f"{what} #{k}: {m}")
 
 
-def _compare(mode: str, layout_name: str, bias: bool, reverse: bool, form_h: str, form_c: str, seed: int) -> None:
+def _compare(
+    mode: str, layout_name: str, bias: bool, reverse: bool, form_h: str, form_c: str, seed: int, proj: int = 0
+) -> None:
     layout = LAYOUTS[layout_name]
-    generator, x, weights, h0, c0 = _case(mode, layout, bias, seed)
-    noise_h = _noise(form_h, layout.rows, generator)
+    generator, x, weights, h0, c0 = _case(mode, layout, bias, seed, proj)
+    noise_h = _noise(form_h, layout.rows, generator, proj or H)
     noise_c = _noise(form_c, layout.rows, generator) if mode == "LSTM" else None
     inputs = (x, weights, h0, c0)
     expected = _results_and_grads(reference_unroll, mode, inputs, noise_h, noise_c, reverse, layout, seed + 1)
     actual = _results_and_grads(
         function_kernel, mode, inputs, noise_h, noise_c, reverse, layout, seed + 1, expect="function"
     )
-    what = f"{mode} {layout_name} bias={bias} reverse={reverse} noise_h={form_h} noise_c={form_c}"
+    what = f"{mode} {layout_name} bias={bias} reverse={reverse} proj={proj} noise_h={form_h} noise_c={form_c}"
     _assert_close(actual[0], expected[0], what + " results")
     _assert_close(actual[1], expected[1], what + " grads")
 
@@ -181,6 +188,32 @@ def test_lstm_noise_on_cell(layout_name, reverse, target):
         _compare("LSTM", layout_name, True, reverse, form_h, form, seed=31 * k + 3)
     # h and c with different forms at once
     _compare("LSTM", layout_name, False, reverse, "reference_tensor", "add_mult", seed=5)
+
+
+@pytest.mark.parametrize("layout_name", sorted(LAYOUTS))
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("proj", [2, 6], ids=["proj<H", "proj>H"])
+def test_lstm_projection(layout_name, reverse, bias, proj):
+    """``nn.LSTM(proj_size=P)``: noise on the projected ``h`` (P units) and on ``c`` (H units), every form."""
+    for k, form in enumerate(NOISE_FORMS):
+        _compare("LSTM", layout_name, bias, reverse, form, "none", seed=17 * k + 1, proj=proj)
+        _compare("LSTM", layout_name, bias, reverse, "none", form, seed=17 * k + 2, proj=proj)
+        _compare("LSTM", layout_name, bias, reverse, form, NOISE_FORMS[-1 - k], seed=17 * k + 3, proj=proj)
+
+
+def test_projection_shapes_are_checked():
+    layout = LAYOUTS["uniform"]
+    _, x, weights, h0, c0 = _case("LSTM", layout, True, 1, proj=2)
+    with pytest.raises(ValueError, match=r"h0 must have shape \[3, 2\], got \[3, 4\]"):
+        function_kernel("LSTM", _pass(layout, (x, weights, c0, c0), None, None, False))
+    with pytest.raises(ValueError, match=r"c0 must have shape \[3, 4\], got \[3, 2\]"):
+        function_kernel("LSTM", _pass(layout, (x, weights, h0, h0), None, None, False))
+    _, x, weights, h0, _ = _case("GRU", layout, True, 1)
+    with pytest.raises(ValueError, match="w_hr .* exists for LSTM only, got one for GRU"):
+        function_kernel(
+            "GRU", _pass(layout, (x, [*weights, torch.zeros(2, H, dtype=DTYPE)], h0, None), None, None, False)
+        )
 
 
 @pytest.mark.parametrize("sizes", [(3,), (1, 1, 1), (2, 1), (3, 3, 1)], ids=["one-step", "batch-1", "2-1", "3-3-1"])
@@ -240,29 +273,39 @@ def test_only_final_state_used():
 
 
 @pytest.mark.parametrize(
-    "mode,layout_name,reverse,form_h,form_c",
+    "mode,layout_name,reverse,form_h,form_c,proj",
     [
-        ("LSTM", "packed", True, "shared_mult", "reference_tensor"),
-        ("LSTM", "uniform", False, "milstein", "none"),
-        ("GRU", "packed", True, "reference_tensor", "none"),
-        ("GRU", "uniform", False, "shared_mult", "none"),
-        ("RNN_TANH", "packed", True, "reference_tensor", "none"),
-        ("RNN_RELU", "packed", False, "add_mult", "none"),
+        ("LSTM", "packed", True, "shared_mult", "reference_tensor", 0),
+        ("LSTM", "uniform", False, "milstein", "none", 0),
+        ("LSTM", "packed", True, "reference_tensor", "add_mult", 2),
+        ("LSTM", "uniform", False, "scalar_tensors", "milstein", 3),
+        ("GRU", "packed", True, "reference_tensor", "none", 0),
+        ("GRU", "uniform", False, "shared_mult", "none", 0),
+        ("RNN_TANH", "packed", True, "reference_tensor", "none", 0),
+        ("RNN_RELU", "packed", False, "add_mult", "none", 0),
     ],
 )
-def test_gradcheck(mode, layout_name, reverse, form_h, form_c):
+def test_gradcheck(mode, layout_name, reverse, form_h, form_c, proj):
     layout = LAYOUTS[layout_name]
-    generator, x, weights, h0, c0 = _case(mode, layout, True, 3)
+    generator, x, weights, h0, c0 = _case(mode, layout, True, 3, proj)
     if mode == "RNN_RELU":  # keep pre-activations away from the kink of relu
         weights[2].data.add_(1.0)
-    noise_h = _noise(form_h, layout.rows, generator)
+    noise_h = _noise(form_h, layout.rows, generator, proj or H)
     noise_c = _noise(form_c, layout.rows, generator) if mode == "LSTM" else None
     leaves = [t for t in (x, *weights, h0, c0) if t is not None]
 
     def function(*tensors):
-        x_, w_ih, w_hh, b_ih, b_hh, h0_, *rest = tensors
+        x_, w_ih, w_hh, b_ih, b_hh, *rest = tensors
+        w_hr = rest.pop(0) if proj else None
         p = LayerPass(
-            x_, layout, LayerWeights(w_ih, w_hh, b_ih, b_hh), h0_, rest[0] if rest else None, noise_h, noise_c, reverse
+            x_,
+            layout,
+            LayerWeights(w_ih, w_hh, b_ih, b_hh, w_hr),
+            rest[0],
+            rest[1] if len(rest) > 1 else None,
+            noise_h,
+            noise_c,
+            reverse,
         )
         out, h_n, c_n = function_kernel(mode, p)
         assert BACKWARD[mode] in _graph(out)
@@ -392,3 +435,36 @@ def test_module_lstm_auto_kernel_choice(config, backward):
     graph = _graph(out)
     assert backward in graph, sorted(graph)
     assert ("LSTMSequenceBackward" in graph) == (backward == "LSTMSequenceBackward")
+
+
+@pytest.mark.parametrize("target", ["h", "c", "both"])
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_module_projected_lstm_function_kernel_matches_reference(target, packed):
+    """A registered nn.LSTM(proj_size=2), 2 layers, bidirectional: same outputs and grads on both kernels; under
+    "auto" additive noise on h takes the function kernel (the fused path has no projection)."""
+    torch.manual_seed(0)
+    model = nn.LSTM(3, 5, num_layers=2, bidirectional=True, proj_size=2).double()
+    nrnn.register_noise(model, NoiseConfig(additive=0.1, target=target, seed=1))
+    model.train()
+    x = torch.randn(6, 4, 3, dtype=DTYPE)
+    if packed:
+        x = nn.utils.rnn.pack_padded_sequence(x, torch.tensor([6, 2, 5, 3]), enforce_sorted=False)
+
+    def run(kind: str, inject: bool = True):
+        model.zero_grad()
+        with use_kernel(kind), noise_control(model, inject=inject):
+            out, (h_n, c_n) = model(x)
+        assert h_n.shape == (4, 4, 2) and c_n.shape == (4, 4, 5)
+        assert (BACKWARD["LSTM"] in _graph(h_n)) == (inject and kind != "reference")
+        if packed:
+            out = nn.utils.rnn.pad_packed_sequence(out)[0]
+        (out.sin().sum() + h_n.cos().sum() + c_n.sum()).backward()
+        return [out.detach(), h_n.detach(), c_n.detach()] + [p.grad.clone() for p in model.parameters()]
+
+    with recording(model) as tapes:
+        expected = run("reference")
+    with replaying(model, tapes):
+        actual = run("auto")
+    _assert_close(actual, expected, f"module projected LSTM target={target}")
+    clean = run("auto", inject=False)  # the noise really entered: without it the results differ
+    assert not torch.allclose(clean[0], expected[0])

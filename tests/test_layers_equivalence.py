@@ -4,6 +4,8 @@ With the noise source replaced by zeros, the unrolled noisy training path must r
 ``nn.LSTM`` and ``nn.GRU`` exactly: outputs, final states, and the gradients of every parameter, of the input
 and of the initial state, for every option of ``nn.RNNBase``. Eval with noise registered must be the
 original forward bit for bit. Computed in float64 so that a wrong gradient cannot hide in rounding.
+``LSTM_PROJ`` is an ``nn.LSTM`` with ``proj_size=P`` (``h`` has ``P`` units, ``c`` has ``H``). Every case
+also asserts which kernel ran, by the backward nodes of the output.
 """
 
 from __future__ import annotations
@@ -19,17 +21,18 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 import nrnn_plugin as nrnn
-from nrnn_plugin.layers import use_kernel
+from nrnn_plugin.layers import recurrent, use_kernel
 from nrnn_plugin.runtime import runtime_of
 
 DTYPE = torch.float64
-I, H, T, B = 3, 4, 5, 3
+I, H, P, T, B = 3, 4, 2, 5, 3
 LENGTHS = torch.tensor([3, 5, 2])  # unsorted on purpose
 
 MODULES = {
     "RNN_TANH": lambda **kw: nn.RNN(I, H, nonlinearity="tanh", **kw),
     "RNN_RELU": lambda **kw: nn.RNN(I, H, nonlinearity="relu", **kw),
     "LSTM": lambda **kw: nn.LSTM(I, H, **kw),
+    "LSTM_PROJ": lambda **kw: nn.LSTM(I, H, proj_size=P, **kw),
     "GRU": lambda **kw: nn.GRU(I, H, **kw),
 }
 INPUTS = ("padded", "batch_first", "packed_sorted", "packed_unsorted", "unbatched")
@@ -48,13 +51,58 @@ def _make_input(kind: str, generator: torch.Generator) -> tuple[torch.Tensor | P
     return x[:, 0], x  # unbatched [T, I]
 
 
-def _initial_state(mode: str, layers: int, directions: int, batched: bool, generator: torch.Generator):
-    shape = (layers * directions, B, H) if batched else (layers * directions, H)
-    h = torch.randn(*shape, dtype=DTYPE, generator=generator, requires_grad=True)
-    if mode != "LSTM":
-        return h
-    c = torch.randn(*shape, dtype=DTYPE, generator=generator, requires_grad=True)
-    return (h, c)
+def _initial_state(module: nn.RNNBase, batched: bool, generator: torch.Generator):
+    directions = 2 if module.bidirectional else 1
+
+    def state(units: int) -> torch.Tensor:
+        shape = (module.num_layers * directions, B, units) if batched else (module.num_layers * directions, units)
+        return torch.randn(*shape, dtype=DTYPE, generator=generator, requires_grad=True)
+
+    h = state(getattr(module, "proj_size", 0) or H)
+    return (h, state(H)) if module.mode == "LSTM" else h
+
+
+def _graph(tensor: torch.Tensor) -> set[str]:
+    """Class names of every node in the autograd graph behind ``tensor``."""
+    names, stack, seen = set(), [tensor.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.add(type(node).__name__)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return names
+
+
+def _expected_kernel(module: nn.RNNBase, kernel: str) -> str:
+    """The kernel that must run: the reference, the hand-written function or (additive LSTM, no projection) fused."""
+    if kernel == "reference":
+        return "reference"
+    return "fused" if module.mode == "LSTM" and not module.proj_size else "function"
+
+
+def _kernel_ran(out: torch.Tensor, fused_calls: list[int]) -> str:
+    """``function`` (its backward node is in the graph), ``fused`` (the fused helper was called) or ``reference``.
+
+    The fused path cannot be told apart by its nodes in float64 (PyTorch's CPU LSTM then unrolls with autograd
+    ops), hence the call counter ``fused_calls`` kept by :func:`_count_fused`.
+    """
+    if any(name.endswith("SequenceBackward") for name in _graph(out)):
+        return "function"
+    return "fused" if fused_calls else "reference"
+
+
+def _count_fused(monkeypatch) -> list[int]:
+    calls: list[int] = []
+    original = recurrent.lstm_additive_fused
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(recurrent, "lstm_additive_fused", counted)
+    return calls
 
 
 def _flatten(result) -> list[torch.Tensor]:
@@ -70,16 +118,14 @@ def _loss(tensors: list[torch.Tensor]) -> torch.Tensor:
     return sum((t * (k + 1)).sin().sum() for k, t in enumerate(tensors))
 
 
-def _run(module: nn.Module, kind: str, given_state: bool, seed: int) -> list[torch.Tensor]:
+def _run(module: nn.Module, kind: str, given_state: bool, seed: int, expect=None) -> list[torch.Tensor]:
+    """Results and gradients; ``expect``: ``(kernel name, fused call counter)`` that must have run."""
     generator = torch.Generator().manual_seed(seed)
     inp, leaf = _make_input(kind, generator)
-    directions = 2 if module.bidirectional else 1
-    hx = (
-        _initial_state(module.mode, module.num_layers, directions, kind != "unbatched", generator)
-        if given_state
-        else None
-    )
+    hx = _initial_state(module, kind != "unbatched", generator) if given_state else None
     results = _flatten(module(inp, hx))
+    if expect is not None:
+        assert _kernel_ran(results[0], expect[1]) == expect[0], sorted(_graph(results[0]))
     _loss(results).backward()
     leaves = [leaf] + ([] if hx is None else list(hx) if isinstance(hx, tuple) else [hx])
     grads = [leaf.grad for leaf in leaves] + [p.grad for p in module.parameters()]
@@ -92,17 +138,19 @@ GRID = list(
 
 
 @pytest.mark.parametrize("mode, layers, bidirectional, bias, kind, given_state, kernel", GRID)
-def test_zero_noise_training_path_matches_torch(mode, layers, bidirectional, bias, kind, given_state, kernel):
+def test_zero_noise_training_path_matches_torch(
+    mode, layers, bidirectional, bias, kind, given_state, kernel, monkeypatch
+):
+    fused_calls = _count_fused(monkeypatch)
     torch.manual_seed(0)
     plain = MODULES[mode](num_layers=layers, bidirectional=bidirectional, bias=bias, batch_first=kind == "batch_first")
     plain = plain.to(DTYPE)
-    noisy = nrnn.register_noise(copy.deepcopy(plain), nrnn.NoiseConfig(additive=0.1, multiplicative=0.1))
+    # LSTM under "auto": additive noise only, which takes the exact fused fast path (without a projection)
+    multiplicative = 0.0 if kernel == "auto" and mode.startswith("LSTM") else 0.1
+    noisy = nrnn.register_noise(copy.deepcopy(plain), nrnn.NoiseConfig(additive=0.1, multiplicative=multiplicative))
     runtime_of(noisy).source = ZeroNoise("zero")
-    if kernel == "auto" and mode == "LSTM":  # exercise the exact fused fast path too
-        runtime_of(noisy).config = runtime_of(noisy).config.replace(multiplicative=0.0)
-        runtime_of(noisy)._diffusion = None
     with use_kernel(kernel):
-        got = _run(noisy, kind, given_state, seed=1)
+        got = _run(noisy, kind, given_state, seed=1, expect=(_expected_kernel(plain, kernel), fused_calls))
     expected = _run(plain, kind, given_state, seed=1)
     assert len(got) == len(expected)
     for g, e in zip(got, expected):
@@ -121,9 +169,11 @@ def test_inter_layer_dropout_is_applied_between_layers_only(mode):
     singles = []
     for layer in range(3):
         kwargs = {"nonlinearity": plain.nonlinearity} if mode.startswith("RNN") else {}
-        single = type(plain)(I if layer == 0 else H, H, **kwargs).to(DTYPE)
-        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-            getattr(single, f"{name}_l0").data.copy_(getattr(plain, f"{name}_l{layer}"))
+        if mode == "LSTM_PROJ":
+            kwargs = {"proj_size": P}
+        single = type(plain)(I if layer == 0 else (P if mode == "LSTM_PROJ" else H), H, **kwargs).to(DTYPE)
+        for name, _ in single.named_parameters():
+            getattr(single, name).data.copy_(getattr(plain, name.replace("_l0", f"_l{layer}")))
         singles.append(single)
     torch.manual_seed(5)
     with use_kernel("reference"):

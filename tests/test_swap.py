@@ -166,11 +166,26 @@ def test_unsupported_recurrent_subclass_is_an_error_naming_class_and_hook():
     assert not nrnn.is_noisy(model)
 
 
-def test_proj_size_is_rejected_at_registration_and_nothing_changes():
-    model = nn.ModuleDict({"ok": nn.GRU(2, 3), "proj": nn.LSTM(2, 4, proj_size=2)})
-    with pytest.raises(ValueError, match="proj_size=2 is not supported"):
-        nrnn.register_noise(model, NOISE)
-    assert type(model["ok"]) is nn.GRU  # validation happens before any swap
+def test_validation_happens_before_any_swap():
+    model = nn.ModuleDict({"ok": nn.LSTM(2, 3), "gru": nn.GRU(2, 4)})
+    with pytest.raises(ValueError, match="expected 'h' or 'both' for GRU"):
+        nrnn.register_noise(model, NOISE.replace(target="c"))
+    assert type(model["ok"]) is nn.LSTM  # the LSTM (first in order) was not swapped either
+
+
+def test_lstm_with_projection_is_registered_and_removed():
+    """proj_size > 0: noise on the projected h; parameters and state_dict keys untouched; removal restores."""
+    torch.manual_seed(0)
+    plain = nn.LSTM(2, 4, proj_size=2)
+    keys = list(plain.state_dict())
+    noisy = nrnn.register_noise(copy.deepcopy(plain), NOISE.replace(target="both"))
+    assert type(noisy).__name__ == "NoisyLSTM" and list(noisy.state_dict()) == keys
+    x = torch.randn(5, 3, 2)
+    out, (h_n, c_n) = noisy.train()(x)
+    assert out.shape == (5, 3, 2) and h_n.shape == (1, 3, 2) and c_n.shape == (1, 3, 4)
+    assert not torch.allclose(out, plain(x)[0])
+    assert torch.equal(noisy.eval()(x)[0], plain(x)[0])
+    assert type(nrnn.remove_noise(noisy)) is nn.LSTM
 
 
 def test_cell_state_target_on_a_gru_is_rejected():

@@ -4,8 +4,10 @@ Each kernel runs the whole noisy recurrence of one layer and one direction, for 
 ``nn.RNNBase``: ``"LSTM"``, ``"GRU"``, ``"RNN_TANH"`` and ``"RNN_RELU"``. The contract is that of
 :func:`~nrnn_plugin.layers.reference.reference_unroll` (same arguments, same results, same gradients)::
 
-    function_kernel(mode, LayerPass(x [N, I], layout, weights, h0 [B, H], c0 [B, H] | None,
-                    noise_h, noise_c, reverse)) -> (out [N, H], h_n [B, H], c_n [B, H] | None)
+    function_kernel(mode, LayerPass(x [N, I], layout, weights, h0 [B, P], c0 [B, H] | None,
+                    noise_h, noise_c, reverse)) -> (out [N, P], h_n [B, P], c_n [B, H] | None)
+
+(``P = H`` except for an LSTM with a projection ``weights.w_hr [P, H]``, ``nn.LSTM(proj_size=P)``.)
 
 Why it is fast (the autograd unroll pays autograd's per-op overhead at every step, forward and backward):
 
@@ -21,7 +23,8 @@ Why it is fast (the autograd unroll pays autograd's per-op overhead at every ste
   large GEMM (or sum) over all rows after the loop; the input-weight gradient is formed as ``(X^T dG)^T``.
 
 Noise enters as in the reference: ``state = gate * Psi + mult * prev + add`` (:class:`AffineNoise`), on ``h``
-(``noise_h``) and, for LSTM, on the cell ``c`` before ``h = o * tanh(c)`` (``noise_c``). The coefficients
+(``noise_h``) and, for LSTM, on the cell ``c`` before ``h = o * tanh(c)`` (``noise_c``); with a projection
+``noise_h`` enters the projected ``h = W_hr (o * tanh(c))``. The coefficients
 are treated as constants (no gradient flows to them).
 
 Fallback to :func:`reference_unroll` (plain autograd), decided per call:
@@ -289,7 +292,12 @@ class LSTMSequence(torch.autograd.Function):
 
         [i, f, s_g, o] = sigmoid(XW_t + h_prev W_hh'^T)              one addmm + one sigmoid, in place
         c = gate_c * (f * c_prev + i * (2 s_g - 1)) + mult_c * c_prev + add_c
-        h = gate_h * o * (2 sigmoid(2c) - 1) + mult_h * h_prev + add_h
+        m = o * (2 sigmoid(2c) - 1)                                   o * tanh(c), [B, H]
+        h = gate_h * m W_hr^T + mult_h * h_prev + add_h               without a projection: m W_hr^T = m
+
+    With a projection (``w_hr [P, H]``, ``nn.LSTM(proj_size=P)``) ``h``, ``h0`` and the ``h`` coefficients have
+    ``P`` units, ``c`` keeps ``H``; the backward adds one ``[B, P] x [P, H]`` GEMM per step (the gradient of
+    ``m``) and one GEMM for the gradient of ``w_hr`` after the loop.
     """
 
     @staticmethod
@@ -301,6 +309,7 @@ class LSTMSequence(torch.autograd.Function):
         w_hh: Tensor,
         b_ih: Tensor | None,
         b_hh: Tensor | None,
+        w_hr: Tensor | None,
         h0: Tensor,
         c0: Tensor,
         gate_h: _Coef,
@@ -310,7 +319,7 @@ class LSTMSequence(torch.autograd.Function):
         mult_c: _Coef,
         add_c: _Coef,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        rows, hidden = plan.rows, w_hh.shape[1]
+        rows, hidden, state = plan.rows, w_hh.shape[0] // 4, w_hh.shape[1]
         g_rows = slice(2 * hidden, 3 * hidden)
         w_hh_t = _scaled_rows(w_hh, g_rows, 2.0).t()
         w_ih_scaled = _scaled_rows(w_ih, g_rows, 2.0)
@@ -319,7 +328,7 @@ class LSTMSequence(torch.autograd.Function):
             gates = torch.addmm(_scaled_rows(bias, g_rows, 2.0), x, w_ih_scaled.t())  # [N, 4H], activated in place
         else:
             gates = torch.mm(x, w_ih_scaled.t())
-        out = x.new_empty(rows, hidden)
+        out = x.new_empty(rows, state)
         cells = x.new_empty(rows, hidden)
         cell_sigmoid = x.new_empty(rows, hidden)  # sigmoid(2c), i.e. (tanh(c) + 1) / 2
 
@@ -332,6 +341,8 @@ class LSTMSequence(torch.autograd.Function):
         gc, mc, ac = _steps(gate_c, plan), _steps(mult_c, plan), _steps(add_c, plan)
         fold_add_c = ac is not None and gc is None
         fold_add_h = ah is not None and gh is None
+        w_hr_t = None if w_hr is None else w_hr.t()
+        m_steps = None if w_hr is None else x.new_empty(rows, hidden).split(plan.sizes)  # o * tanh(c)
 
         for t in plan.order:
             h_prev, c_prev = _cat_prev(h_prevs[t]), _cat_prev(c_prevs[t])
@@ -356,11 +367,20 @@ class LSTMSequence(torch.autograd.Function):
             torch.add(c, c, out=sc)
             sc.sigmoid_()
             h = h_outs[t]
-            if fold_add_h:
-                torch.sub(ah[t], o, out=h)  # type: ignore[index]
+            if m_steps is None:
+                if fold_add_h:
+                    torch.sub(ah[t], o, out=h)  # type: ignore[index]
+                else:
+                    torch.neg(o, out=h)
+                h.addcmul_(o, sc, value=2.0)
             else:
-                torch.neg(o, out=h)
-            h.addcmul_(o, sc, value=2.0)
+                m = m_steps[t]
+                torch.neg(o, out=m)
+                m.addcmul_(o, sc, value=2.0)
+                if fold_add_h:
+                    torch.addmm(ah[t], m, w_hr_t, out=h)  # type: ignore[index, arg-type]
+                else:
+                    torch.mm(m, w_hr_t, out=h)  # type: ignore[arg-type]
             if gh is not None:
                 h.mul_(gh[t])
                 if ah is not None:
@@ -369,7 +389,8 @@ class LSTMSequence(torch.autograd.Function):
                 h.addcmul_(mh[t], h_prev)
 
         ctx.plan = plan
-        ctx.save_for_backward(x, w_ih, w_hh, h0, c0, out, cells, gates, cell_sigmoid, gate_h, mult_h, gate_c, mult_c)
+        saved = (x, w_ih, w_hh, w_hr, h0, c0, out, cells, gates, cell_sigmoid, gate_h, mult_h, gate_c, mult_c)
+        ctx.save_for_backward(*saved)
         return out, plan.final(out), plan.final(cells)
 
     @staticmethod
@@ -378,11 +399,13 @@ class LSTMSequence(torch.autograd.Function):
         ctx: Any, grad_out: Tensor | None, grad_h_n: Tensor | None, grad_c_n: Tensor | None
     ) -> tuple[Any, ...]:
         plan: _StepPlan = ctx.plan
-        x, w_ih, w_hh, h0, c0, out, cells, gates, cell_sigmoid, gate_h, mult_h, gate_c, mult_c = ctx.saved_tensors
-        rows, hidden = plan.rows, w_hh.shape[1]
+        x, w_ih, w_hh, w_hr, h0, c0, out, cells, gates, cell_sigmoid, gate_h, mult_h, gate_c, mult_c = ctx.saved_tensors
+        rows, hidden = plan.rows, w_hh.shape[0] // 4
+        projected = w_hr is not None
 
         # ---- everything that does not depend on the incoming gradient, for all rows at once:
-        # dG = coef * [dc, dc, dc, dh] with dc the total gradient of the cell state
+        # dG = coef * [dc, dc, dc, dm] with dc the total gradient of the cell state and dm that of
+        # m = o * tanh(c) (dm = dh without a projection, (gate_h * dh) W_hr with one)
         i, f, s_g, o = gates.view(rows, 4, hidden).unbind(1)
         minus_one = x.new_full((1, 1), -1.0)
         coef = x.new_empty(rows, 4, hidden)
@@ -396,11 +419,12 @@ class LSTMSequence(torch.autograd.Function):
         c_f.addcmul_(c_f, f, value=-1.0)  # c_prev f (1 - f)
         tanh_c = torch.add(minus_one, cell_sigmoid, alpha=2.0, out=g)
         torch.mul(tanh_c, o, out=c_o)
-        dc_from_h = torch.addcmul(o, c_o, tanh_c, value=-1.0)  # o (1 - tanh(c)^2): d c_total / d h
+        unprojected = c_o.clone() if projected and ctx.needs_input_grad[6] else None  # m, for the grad of w_hr
+        dc_from_h = torch.addcmul(o, c_o, tanh_c, value=-1.0)  # o (1 - tanh(c)^2): d c_total / d m
         c_o.addcmul_(c_o, o, value=-1.0)  # tanh(c) o (1 - o)
         if gate_c is not None:
             coef[:, :3].mul_(gate_c.unsqueeze(1))
-        if gate_h is not None:
+        if gate_h is not None and not projected:
             c_o.mul_(gate_h)
             dc_from_h.mul_(gate_h)
         dc_to_prev = f  # d c / d c_prev
@@ -429,19 +453,31 @@ class LSTMSequence(torch.autograd.Function):
         to_prev_steps = _steps(dc_to_prev, plan)
         mh = _steps(mult_h, plan)
         w_hh_c = w_hh.contiguous()
+        # with a projection: the gradient of the projected value (gate_h * dh) and of m, per step
+        grad_proj = grad_h if gate_h is None or not projected else torch.empty_like(grad_h)
+        dp_steps = grad_proj.split(plan.sizes)
+        gh = _steps(gate_h, plan) if projected else None
+        dm_steps = x.new_empty(rows, hidden).split(plan.sizes) if projected else None
+        w_hr_c = w_hr.contiguous() if projected else None
 
         for t in reversed(plan.order):
             dh, dc = dh_outs[t], dc_outs[t]
-            dc.addcmul_(dh, from_h_steps[t])
+            dm = dh
+            if dm_steps is not None:
+                if gh is not None:
+                    torch.mul(dh, gh[t], out=dp_steps[t])
+                dm = torch.mm(dp_steps[t], w_hr_c, out=dm_steps[t])  # type: ignore[arg-type]
+            dc.addcmul_(dm, from_h_steps[t])
             torch.mul(coef3_steps[t], dc3_outs[t], out=dg3_steps[t])
-            torch.mul(coefo_steps[t], dh, out=dgo_steps[t])
+            torch.mul(coefo_steps[t], dm, out=dgo_steps[t])
             _accumulate_mul(dc_prevs[t], dc, to_prev_steps[t])  # type: ignore[index]
             _accumulate_prev(dh_prevs[t], dg_steps[t], w_hh_c, dh, None if mh is None else mh[t])
 
         needs = ctx.needs_input_grad
         prev_h = plan.prev_parts(out, h0) if needs[3] else None
         gx, gw_ih, gw_hh, gb_ih, gb_hh = _weight_grads(needs[1:6], x, w_ih, prev_h, [grad_gates], grad_gates)
-        return (None, gx, gw_ih, gw_hh, gb_ih, gb_hh, grad_h0, grad_c0) + (None,) * 6
+        gw_hr = None if unprojected is None else torch.mm(grad_proj.t(), unprojected)  # [P, H]
+        return (None, gx, gw_ih, gw_hh, gb_ih, gb_hh, gw_hr, grad_h0, grad_c0) + (None,) * 6
 
 
 # ---------------------------------------------------------------------------------------------- GRU
@@ -743,13 +779,19 @@ def _coefficients(
 
 
 def _check(mode: str, p: LayerPass) -> None:
-    rows, batch, hidden = p.layout.rows, p.layout.batch, p.weights.w_hh.shape[1]
+    w = p.weights
+    rows, batch, state = p.layout.rows, p.layout.batch, w.state_size
     if p.x.dim() != 2 or p.x.shape[0] != rows:
         raise ValueError(f"{mode} kernel: x must have shape [{rows}, input_size], got {list(p.x.shape)}")
-    if p.h0.shape != (batch, hidden):
-        raise ValueError(f"{mode} kernel: h0 must have shape [{batch}, {hidden}], got {list(p.h0.shape)}")
-    if mode == "LSTM" and p.c0 is None:
-        raise ValueError("LSTM kernel: c0 (the initial cell state, [B, H]) is required, got None")
+    if p.h0.shape != (batch, state):
+        raise ValueError(f"{mode} kernel: h0 must have shape [{batch}, {state}], got {list(p.h0.shape)}")
+    if w.w_hr is not None and mode != "LSTM":
+        raise ValueError(f"{mode} kernel: weights.w_hr (a projection of h) exists for LSTM only, got one for {mode}")
+    if mode == "LSTM":
+        if p.c0 is None:
+            raise ValueError("LSTM kernel: c0 (the initial cell state, [B, H]) is required, got None")
+        if p.c0.shape != (batch, w.hidden_size):
+            raise ValueError(f"LSTM kernel: c0 must have shape [{batch}, {w.hidden_size}], got {list(p.c0.shape)}")
 
 
 def function_kernel(mode: str, p: LayerPass) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -764,14 +806,15 @@ def function_kernel(mode: str, p: LayerPass) -> tuple[Tensor, Tensor, Tensor | N
     if needs_reference(*noises):
         return reference_unroll(mode, p)
     layout, w = p.layout, p.weights
-    hidden = w.w_hh.shape[1]
     plan = _plan(layout, p.reverse)
     x = p.x.contiguous()
-    coef_h = _coefficients(p.noise_h, layout.rows, hidden, x, "noise_h")
+    coef_h = _coefficients(p.noise_h, layout.rows, w.state_size, x, "noise_h")
     if mode == "LSTM":
         assert p.c0 is not None
-        coef_c = _coefficients(p.noise_c, layout.rows, hidden, x, "noise_c")
-        out, h_n, c_n = LSTMSequence.apply(plan, x, w.w_ih, w.w_hh, w.b_ih, w.b_hh, p.h0, p.c0, *coef_h, *coef_c)
+        coef_c = _coefficients(p.noise_c, layout.rows, w.hidden_size, x, "noise_c")
+        out, h_n, c_n = LSTMSequence.apply(
+            plan, x, w.w_ih, w.w_hh, w.b_ih, w.b_hh, w.w_hr, p.h0, p.c0, *coef_h, *coef_c
+        )
         return out, h_n, c_n
     if mode == "GRU":
         out, h_n = GRUSequence.apply(plan, x, w.w_ih, w.w_hh, w.b_ih, w.b_hh, p.h0, *coef_h)

@@ -3,9 +3,10 @@
 The classes add no parameters: :func:`nrnn_plugin.register_noise` switches an existing module to them by
 class reassignment. In eval mode (or whenever the module's runtime says no noise) ``forward`` is the original
 fused forward, unchanged. In training the layer is unrolled with noise injected into the hidden state(s)
-after every step; every ``nn.RNNBase`` option is supported except ``proj_size``: layers, inter-layer dropout,
-bidirectional, ``batch_first``, ``bias``, packed sequences (sorted and unsorted), unbatched input, given or
-zero initial state. The kernel each layer runs is chosen by :mod:`.kernels`.
+after every step; every ``nn.RNNBase`` option is supported: layers, inter-layer dropout, bidirectional,
+``batch_first``, ``bias``, packed sequences (sorted and unsorted), unbatched input, given or zero initial
+state, and an LSTM's ``proj_size`` (noise on the projected ``h`` of ``proj_size`` units and on the cell ``c``
+of ``hidden_size`` units). The kernel each layer runs is chosen by :mod:`.kernels`.
 """
 
 from __future__ import annotations
@@ -47,12 +48,6 @@ class NoisyRecurrentMixin:
     def nrnn_validate(cls, module: nn.Module, config: NoiseConfig) -> None:
         """Raise ``ValueError`` if ``module``'s options cannot be made noisy with ``config``."""
         name = type(module).__name__
-        proj_size = getattr(module, "proj_size", 0)
-        if proj_size:
-            raise ValueError(
-                f"{name} with proj_size={proj_size} is not supported by nrnn-plugin: noise is defined "
-                "on the full hidden state; use proj_size=0 or exclude this module (NoiseConfig.exclude)"
-            )
         if config.target == "c" and getattr(module, "mode", "") != "LSTM":
             raise ValueError(f"NoiseConfig.target: expected 'h' or 'both' for {name} (it has no cell state), got 'c'")
 
@@ -111,8 +106,9 @@ def noisy_sequence_forward(module: nn.RNNBase, input: Tensor | PackedSequence, h
             f"input.size(-1) must be equal to input_size. Expected {module.input_size}, got {flat.data.shape[1]}"
         )
     if hx is None:
-        zeros = zero_state(flat, module.num_layers * directions, module.hidden_size, flat.data)
-        h0, c0 = zeros, (zeros if is_lstm else None)
+        layers = module.num_layers * directions
+        h0 = zero_state(flat, layers, _state_size(module), flat.data)
+        c0 = zero_state(flat, layers, module.hidden_size, flat.data) if is_lstm else None
     elif is_lstm:
         h0, c0 = hx
     else:
@@ -128,10 +124,17 @@ def noisy_sequence_forward(module: nn.RNNBase, input: Tensor | PackedSequence, h
     return restore_output(flat, output), restore_state(flat, state)
 
 
+def _state_size(module: nn.RNNBase) -> int:
+    """The units of ``h``: ``proj_size`` for an LSTM with a projection, else ``hidden_size``."""
+    return module.proj_size or module.hidden_size
+
+
 def _fused_applies(module: nn.RNNBase, runtime: NoiseRuntime, targets: tuple[str, ...]) -> bool:
-    """The exact fused LSTM path: LSTM, noise on ``h`` only, additive, no mean-noise probe, kernel allowed."""
+    """The exact fused LSTM path: LSTM without projection, noise on ``h`` only, additive, no mean-noise probe,
+    kernel allowed."""
     return (
         module.mode == "LSTM"
+        and not module.proj_size
         and fused_allowed()
         and targets == ("h",)
         and runtime.diffusion().is_additive
@@ -142,7 +145,10 @@ def _fused_applies(module: nn.RNNBase, runtime: NoiseRuntime, targets: tuple[str
 def _run_layers(
     module: nn.RNNBase, runtime: NoiseRuntime, flat: FlatInput, data: Tensor, h0: Tensor, c0: Tensor | None
 ) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Every layer and direction of the noisy recurrence on the rows ``data [N, I]``; ``h0, c0 [L * D, B, H]``."""
+    """Every layer and direction of the noisy recurrence on the rows ``data [N, I]``.
+
+    ``h0 [L * D, B, P]``, ``c0 [L * D, B, H]`` (``P``: :func:`_state_size`).
+    """
     layout: SequenceLayout = flat.layout
     directions = 2 if module.bidirectional else 1
     targets = runtime.targets(has_cell_state=module.mode == "LSTM")
@@ -150,6 +156,7 @@ def _run_layers(
     kernel = sequence_kernel()
     batch_sizes = flat.packed.batch_sizes if flat.packed is not None else None
     dtype = data.dtype
+    sizes = {"h": _state_size(module), "c": module.hidden_size}
 
     layer_input = data
     h_finals: list[Tensor] = []
@@ -157,9 +164,7 @@ def _run_layers(
     for layer in range(module.num_layers):
         weights = [layer_weights(module, layer, d).to(dtype) for d in range(directions)]
         rows = slice(layer * directions, (layer + 1) * directions)
-        noise = runtime.draw(
-            layout.rows, module.hidden_size, targets, directions=directions, device=data.device, dtype=dtype
-        )
+        noise = runtime.draw(layout.rows, sizes, targets, directions=directions, device=data.device, dtype=dtype)
         additive = [a for a in (n["h"].add for n in noise) if isinstance(a, Tensor)] if fused else []
         if fused and c0 is not None and len(additive) == directions:
             out, h_fused, c_fused = lstm_additive_fused(

@@ -8,7 +8,9 @@ grad-requiring sequence inside the loop would make backward O(T^2)).
 All kernels work on one layer and one direction in the packed layout of :mod:`.layout` and take a
 :class:`~nrnn_plugin.layers.signature.LayerPass`:
 
-    x: [N, I]  ->  out: [N, H], h_n: [B, H] (, c_n: [B, H])
+    x: [N, I]  ->  out: [N, P], h_n: [B, P] (, c_n: [B, H])
+
+with ``P = H`` except for an LSTM with a projection (``proj_size = P``: ``h = W_hr (o * tanh(c))``).
 """
 
 from __future__ import annotations
@@ -71,10 +73,12 @@ def reference_unroll(mode: str, p: LayerPass) -> tuple[Tensor, Tensor, Tensor | 
         p: inputs ``[N, I]``, layout, weights, initial states ``[B, H]``, noise coefficients and direction.
 
     Returns:
-        ``out [N, H]`` (the noisy hidden state of every row), ``h_n [B, H]``, ``c_n [B, H]`` (or ``None``).
+        ``out [N, P]`` (the noisy hidden state of every row), ``h_n [B, P]``, ``c_n [B, H]`` (or ``None``);
+        ``P = H`` unless an LSTM has a projection ``w_hr [P, H]``, whose output ``h = w_hr (o * tanh(c))``
+        is what receives ``noise_h``.
     """
     layout, x, h0, c0, noise_h, noise_c, reverse = p.layout, p.x, p.h0, p.c0, p.noise_h, p.noise_c, p.reverse
-    w_ih, w_hh, b_ih, b_hh = p.weights.w_ih, p.weights.w_hh, p.weights.b_ih, p.weights.b_hh
+    w_ih, w_hh, b_ih, b_hh, w_hr = p.weights.w_ih, p.weights.w_hh, p.weights.b_ih, p.weights.b_hh, p.weights.w_hr
     sizes = layout.sizes
     xw_steps = torch.split(F.linear(x, w_ih, b_ih), sizes)
     noise_h_steps = noise_h.split(sizes) if noise_h is not None and not noise_h.is_zero else None
@@ -95,6 +99,8 @@ def reference_unroll(mode: str, p: LayerPass) -> tuple[Tensor, Tensor, Tensor | 
             if noise_c_steps is not None:
                 c_new = noise_c_steps[t].apply(c_new, c)
             h_new = o * torch.tanh(c_new)
+            if w_hr is not None:
+                h_new = F.linear(h_new, w_hr)
             cells[t] = c_prev_out = c_new
         elif mode == "GRU":
             h_new = gru_cell(xw_steps[t], h, w_hh, b_hh)

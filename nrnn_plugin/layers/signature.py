@@ -3,6 +3,8 @@
 Every kernel (the autograd reference, the hand-written ``autograd.Function`` kernels) is called as
 ``kernel(mode, layer_pass) -> (out [N, H], h_n [B, H], c_n [B, H] | None)`` with ``mode`` one of
 ``nn.RNNBase.mode`` (``"LSTM"``, ``"GRU"``, ``"RNN_TANH"``, ``"RNN_RELU"``) and a :class:`LayerPass`.
+For an LSTM with a projection (``proj_size = P > 0``) the hidden state ``h`` (``out``, ``h0``, ``h_n``) has
+``P`` units and the cell state ``c`` (``c0``, ``c_n``) has ``H``.
 """
 
 from __future__ import annotations
@@ -23,26 +25,39 @@ MODES = ("LSTM", "GRU", "RNN_TANH", "RNN_RELU")
 
 @dataclass(frozen=True)
 class LayerWeights:
-    """The parameters of one layer and direction: ``w_ih [G*H, I]``, ``w_hh [G*H, H]``, biases ``[G*H]``.
+    """The parameters of one layer and direction: ``w_ih [G*H, I]``, ``w_hh [G*H, P]``, biases ``[G*H]``.
 
     ``G`` is the number of gates (4 for LSTM, 3 for GRU, 1 for Elman); either bias may be ``None``.
+    ``w_hr [P, H]`` is an LSTM's projection of the hidden state (``h = w_hr (o * tanh(c))``, ``nn.LSTM``'s
+    ``weight_hr_l{k}`` when ``proj_size = P > 0``); ``None`` means no projection (``P = H``).
     """
 
     w_ih: Tensor
     w_hh: Tensor
     b_ih: Tensor | None = None
     b_hh: Tensor | None = None
+    w_hr: Tensor | None = None
+
+    @property
+    def hidden_size(self) -> int:
+        """``H``: the units of the gates (and of an LSTM's cell state)."""
+        return self.w_hh.shape[1] if self.w_hr is None else self.w_hr.shape[1]
+
+    @property
+    def state_size(self) -> int:
+        """The units of the recurrent state ``h``: ``P`` with a projection, else ``H``."""
+        return self.w_hh.shape[1]
 
     def to(self, dtype: torch.dtype) -> LayerWeights:
         """The weights cast to ``dtype`` (autocast's compute dtype); ``self`` when they already have it."""
-        if self.w_ih.dtype == dtype and all(b is None or b.dtype == dtype for b in (self.w_hh, self.b_ih, self.b_hh)):
+        tensors = (self.w_ih, self.w_hh, self.b_ih, self.b_hh, self.w_hr)
+        if all(t is None or t.dtype == dtype for t in tensors):
             return self
-        return LayerWeights(
-            self.w_ih.to(dtype),
-            self.w_hh.to(dtype),
-            None if self.b_ih is None else self.b_ih.to(dtype),
-            None if self.b_hh is None else self.b_hh.to(dtype),
-        )
+
+        def cast(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.to(dtype)
+
+        return LayerWeights(self.w_ih.to(dtype), self.w_hh.to(dtype), cast(self.b_ih), cast(self.b_hh), cast(self.w_hr))
 
 
 @dataclass(frozen=True)
@@ -53,7 +68,8 @@ class LayerPass:
         x: the layer's inputs ``[N, I]`` in the packed, time-major row layout ``layout``.
         layout: which rows belong to which time step (:class:`~nrnn_plugin.layers.layout.SequenceLayout`).
         weights: the layer's parameters for this direction.
-        h0: initial hidden state ``[B, H]`` (samples sorted by length, as the layout).
+        h0: initial hidden state ``[B, P]`` (samples sorted by length, as the layout; ``P = H`` without a
+            projection).
         c0: initial cell state ``[B, H]`` for LSTM, else ``None``.
         noise_h, noise_c: per-row noise coefficients of ``h`` and (LSTM) ``c``; ``None`` = no noise there.
         reverse: process time steps last to first (the backward direction of a bidirectional layer).
@@ -77,6 +93,7 @@ def layer_weights(module: nn.Module, layer: int, direction: int) -> LayerWeights
     suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
     w_ih = getattr(module, "weight_ih" + suffix)
     w_hh = getattr(module, "weight_hh" + suffix)
+    w_hr = getattr(module, "weight_hr" + suffix) if getattr(module, "proj_size", 0) else None
     if not getattr(module, "bias", True):
-        return LayerWeights(w_ih, w_hh)
-    return LayerWeights(w_ih, w_hh, getattr(module, "bias_ih" + suffix), getattr(module, "bias_hh" + suffix))
+        return LayerWeights(w_ih, w_hh, w_hr=w_hr)
+    return LayerWeights(w_ih, w_hh, getattr(module, "bias_ih" + suffix), getattr(module, "bias_hh" + suffix), w_hr)
