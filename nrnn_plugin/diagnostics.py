@@ -35,10 +35,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nrnn_plugin.counter_noise import key_tensor
 from nrnn_plugin.layers.nrnn import NRNN
 from nrnn_plugin.layers.nrnn_kernel import nrnn_step
 from nrnn_plugin.layers.reference import elman_cell, gru_cell, lstm_cell
-from nrnn_plugin.noise import NoiseTape
+from nrnn_plugin.noise import NoiseKey, NoiseTape
 from nrnn_plugin.regularizer.guards import GlobalRng, model_devices
 from nrnn_plugin.runtime import noise_control, recording, replaying
 
@@ -375,7 +376,8 @@ def noise_gap(model: nn.Module, closure: Callable[[], Tensor], *, antithetic: bo
     dropout mask for all three); the gap is averaged over all elements. The standard error treats elements as
     independent; pooling different samples makes it conservative.
     """
-    rng = GlobalRng(model_devices(model))  # every pass draws the same dropout masks, if any
+    devices = model_devices(model)
+    rng = GlobalRng(devices)  # every pass draws the same dropout masks, if any
     with torch.no_grad():
         with noise_control(model, inject=True), recording(model) as tapes:
             noisy = closure().detach().double().flatten()
@@ -383,8 +385,9 @@ def noise_gap(model: nn.Module, closure: Callable[[], Tensor], *, antithetic: bo
             negated: dict[str, NoiseTape] = {}
             for name, tape in tapes.items():
                 negated[name] = NoiseTape()
-                for draw in tape.draws:
-                    negated[name].append(-draw)
+                for draw in tape.draws:  # keys of the counter-based stream become their numbers, negated
+                    numbers = key_tensor(draw, devices[0], torch.float32) if isinstance(draw, NoiseKey) else draw
+                    negated[name].append(-numbers)
             rng.restore()
             with noise_control(model, inject=True), replaying(model, negated):
                 noisy = 0.5 * (noisy + closure().detach().double().flatten())

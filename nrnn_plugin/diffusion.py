@@ -142,6 +142,16 @@ class Diffusion:
         """Number of standard Gaussians needed per row of one state of ``hidden_size`` units."""
         raise NotImplementedError
 
+    def planes(self, hidden_size: int) -> tuple[int, ...]:
+        """How the ``width(hidden_size)`` columns of a draw split into independent planes (column blocks).
+
+        The counter-based stream lays a draw out plane by plane (:class:`~nrnn_plugin.noise.NoiseKey`), so a
+        kernel can regenerate the planes its backward needs (the multiplicative one) and skip the others. The
+        default is one plane; ``()`` when the width is 0.
+        """
+        width = self.width(hidden_size)
+        return (width,) if width else ()
+
     def coefficients(self, draws: Tensor, hidden_size: int) -> AffineNoise:
         """Coefficients from ``draws`` of shape ``[rows, width(hidden_size)]``."""
         raise NotImplementedError
@@ -155,6 +165,11 @@ class Diffusion:
             return 0
         return 1 if self.shared else hidden_size
 
+    def _two_planes(self, hidden_size: int) -> tuple[int, ...]:
+        """``(additive, multiplicative)`` widths, zero widths left out."""
+        add = hidden_size if self.sigma_add > 0.0 else 0
+        return tuple(w for w in (add, self._mult_width(hidden_size)) if w)
+
 
 class EulerMaruyama(Diffusion):
     """Ito Euler-Maruyama: independent Gaussians for the additive and the multiplicative part."""
@@ -163,6 +178,9 @@ class EulerMaruyama(Diffusion):
 
     def width(self, hidden_size: int) -> int:
         return (hidden_size if self.sigma_add > 0.0 else 0) + self._mult_width(hidden_size)
+
+    def planes(self, hidden_size: int) -> tuple[int, ...]:
+        return self._two_planes(hidden_size)
 
     def coefficients(self, draws: Tensor, hidden_size: int) -> AffineNoise:
         root_dt = math.sqrt(self.dt)
@@ -209,6 +227,9 @@ class ReferenceScheme(Diffusion):
 
     def width(self, hidden_size: int) -> int:
         return (hidden_size if self.sigma_add > 0.0 else 0) + self._mult_width(hidden_size)
+
+    def planes(self, hidden_size: int) -> tuple[int, ...]:
+        return self._two_planes(hidden_size)
 
     def coefficients(self, draws: Tensor, hidden_size: int) -> AffineNoise:
         add_width = hidden_size if self.sigma_add > 0.0 else 0

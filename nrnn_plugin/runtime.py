@@ -22,14 +22,15 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import ClassVar, Protocol, cast, runtime_checkable
 
 import torch
 from torch import nn
 
 from nrnn_plugin.config import NoiseConfig
+from nrnn_plugin.counter_noise import CounterNoise, StateNoise, key_tensor
 from nrnn_plugin.diffusion import AffineNoise, Diffusion
-from nrnn_plugin.noise import NoiseSource, NoiseTape
+from nrnn_plugin.noise import NoiseKey, NoiseSource, NoiseTape
 
 __all__ = [
     "NoisyModule",
@@ -158,14 +159,32 @@ class NoiseRuntime:
         device: torch.device,
         dtype: torch.dtype,
     ) -> list[dict[str, AffineNoise]]:
-        """Noise coefficients for ``directions`` x ``targets`` over ``rows`` rows.
+        """Noise coefficients for ``directions`` x ``targets`` over ``rows`` rows (:meth:`draw_lazy`, generated)."""
+        drawn = self.draw_lazy(
+            rows, hidden_size, targets, directions=directions, device=device, dtype=dtype, lazy=False
+        )
+        return cast("list[dict[str, AffineNoise]]", drawn)
+
+    def draw_lazy(
+        self,
+        rows: int,
+        hidden_size: int | Mapping[str, int],
+        targets: Sequence[str],
+        *,
+        directions: int = 1,
+        device: torch.device,
+        dtype: torch.dtype,
+        lazy: bool = True,
+    ) -> list[dict[str, StateNoise]]:
+        """The noise of ``directions`` x ``targets`` over ``rows`` rows.
 
         ``hidden_size`` is the units of every target, or a mapping ``{target: units}`` (an LSTM with a
-        projection: ``h`` has ``proj_size`` units, ``c`` has ``hidden_size``). Targets of equal size come from
-        ONE draw of shape ``[directions, rows, len(targets) * width]`` (``[rows, width]`` when
-        ``directions == 0``: cells); targets of different sizes get one draw each, in ``targets`` order.
-        Returns one ``{target: AffineNoise}`` per direction; coefficient tensors are ``[rows, units]`` (or
-        ``[rows, 1]`` for a shared multiplicative factor).
+        projection: ``h`` has ``proj_size`` units, ``c`` has ``hidden_size``). Targets of equal size share ONE
+        draw of shape ``[directions, rows, len(targets) * width]`` (``[rows, width]`` when ``directions == 0``:
+        cells); targets of different sizes get one draw each, in ``targets`` order. Returns one
+        ``{target: noise}`` per direction: :class:`AffineNoise` coefficient tensors ``[rows, units]`` (or
+        ``[rows, 1]`` for a shared multiplicative factor), or, with ``lazy`` and a draw of the counter-based
+        stream, a :class:`~nrnn_plugin.counter_noise.CounterNoise` that the kernel generates itself.
         """
         diffusion = self.diffusion()
         copies = max(directions, 1)
@@ -175,7 +194,7 @@ class NoiseRuntime:
             return [dict.fromkeys(targets, mean) for _ in range(copies)]
         sizes = {t: hidden_size if isinstance(hidden_size, int) else hidden_size[t] for t in targets}
         groups = [list(targets)] if len(set(sizes.values())) <= 1 else [[t] for t in targets]
-        result: list[dict[str, AffineNoise]] = [{} for _ in range(copies)]
+        result: list[dict[str, StateNoise]] = [{} for _ in range(copies)]
         for group in groups:
             units = sizes[group[0]]
             width = diffusion.width(units)
@@ -184,12 +203,22 @@ class NoiseRuntime:
                     per_direction.update({t: AffineNoise() for t in group})
                 continue
             shape = (rows, len(group) * width) if directions == 0 else (directions, rows, len(group) * width)
-            draws = self.source.normal(shape, device=device, dtype=dtype)
+            planes = diffusion.planes(units)
+            drawn = self.source.draw(shape, device=device, dtype=dtype, planes=planes * len(group))
+            if isinstance(drawn, NoiseKey) and lazy:
+                for per_direction, starts in zip(result, drawn.starts()):
+                    for i, target in enumerate(group):
+                        mine = tuple(starts[i * len(planes) : (i + 1) * len(planes)])
+                        per_direction[target] = CounterNoise(
+                            drawn.seed, drawn.offset, mine, planes, rows, units, diffusion, scale
+                        )
+                continue
+            draws = key_tensor(drawn, device, dtype) if isinstance(drawn, NoiseKey) else drawn
             if directions == 0:
                 draws = draws.unsqueeze(0)
-            for per_direction, drawn in zip(result, draws):
+            for per_direction, block_of_direction in zip(result, draws):
                 for i, target in enumerate(group):
-                    block = drawn[:, i * width : (i + 1) * width]
+                    block = block_of_direction[:, i * width : (i + 1) * width]
                     per_direction[target] = diffusion.coefficients(block, units).scaled(scale)
         return result
 

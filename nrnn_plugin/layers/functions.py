@@ -46,6 +46,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from nrnn_plugin.counter_noise import CounterNoise, StateNoise, as_coefficients
 from nrnn_plugin.diffusion import AffineNoise
 from nrnn_plugin.layers.layout import SequenceLayout
 from nrnn_plugin.layers.reference import reference_unroll
@@ -733,7 +734,7 @@ class ElmanSequence(torch.autograd.Function):
 # ---------------------------------------------------------------------------------------------- entry points
 
 
-def needs_reference(*noises: AffineNoise | None) -> bool:
+def needs_reference(*noises: StateNoise) -> bool:
     """True when these kernels must hand over to :func:`reference_unroll` (see the module docstring)."""
     if torch._C._are_functorch_transforms_active():
         return True
@@ -742,7 +743,8 @@ def needs_reference(*noises: AffineNoise | None) -> bool:
     for noise in noises:
         if noise is None:
             continue
-        for coef in (noise.gate, noise.mult, noise.add):
+        coefs = (noise.scale,) if isinstance(noise, CounterNoise) else (noise.gate, noise.mult, noise.add)
+        for coef in coefs:
             if isinstance(coef, Tensor) and coef.requires_grad:
                 return True
     return False
@@ -802,16 +804,15 @@ def function_kernel(mode: str, p: LayerPass) -> tuple[Tensor, Tensor, Tensor | N
     if mode not in MODES:
         raise ValueError(f"function_kernel: mode must be one of {MODES}, got {mode!r}")
     _check(mode, p)
-    noises = (p.noise_h, p.noise_c) if mode == "LSTM" else (p.noise_h,)
-    if needs_reference(*noises):
+    if needs_reference(p.noise_h, p.noise_c if mode == "LSTM" else None):
         return reference_unroll(mode, p)
     layout, w = p.layout, p.weights
     plan = _plan(layout, p.reverse)
     x = p.x.contiguous()
-    coef_h = _coefficients(p.noise_h, layout.rows, w.state_size, x, "noise_h")
+    coef_h = _coefficients(as_coefficients(p.noise_h, x), layout.rows, w.state_size, x, "noise_h")
     if mode == "LSTM":
         assert p.c0 is not None
-        coef_c = _coefficients(p.noise_c, layout.rows, w.hidden_size, x, "noise_c")
+        coef_c = _coefficients(as_coefficients(p.noise_c, x), layout.rows, w.hidden_size, x, "noise_c")
         out, h_n, c_n = LSTMSequence.apply(
             plan, x, w.w_ih, w.w_hh, w.b_ih, w.b_hh, w.w_hr, p.h0, p.c0, *coef_h, *coef_c
         )

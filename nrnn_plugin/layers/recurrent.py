@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from nrnn_plugin.config import NoiseConfig
+from nrnn_plugin.counter_noise import StateNoise, as_coefficients
 from nrnn_plugin.layers.fused_lstm import lstm_additive_fused
 from nrnn_plugin.layers.kernels import fused_allowed, sequence_kernel
 from nrnn_plugin.layers.layout import SequenceLayout
@@ -142,6 +143,16 @@ def _fused_applies(module: nn.RNNBase, runtime: NoiseRuntime, targets: tuple[str
     )
 
 
+def _additive_tensors(noise: list[dict[str, StateNoise]], like: Tensor) -> list[Tensor]:
+    """The additive coefficient tensors of ``h`` per direction (the fused path's input); fewer when absent."""
+    result = []
+    for per_direction in noise:
+        coefficients = as_coefficients(per_direction["h"], like)
+        if coefficients is not None and isinstance(coefficients.add, Tensor):
+            result.append(coefficients.add)
+    return result
+
+
 def _run_layers(
     module: nn.RNNBase, runtime: NoiseRuntime, flat: FlatInput, data: Tensor, h0: Tensor, c0: Tensor | None
 ) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -164,8 +175,8 @@ def _run_layers(
     for layer in range(module.num_layers):
         weights = [layer_weights(module, layer, d).to(dtype) for d in range(directions)]
         rows = slice(layer * directions, (layer + 1) * directions)
-        noise = runtime.draw(layout.rows, sizes, targets, directions=directions, device=data.device, dtype=dtype)
-        additive = [a for a in (n["h"].add for n in noise) if isinstance(a, Tensor)] if fused else []
+        noise = runtime.draw_lazy(layout.rows, sizes, targets, directions=directions, device=data.device, dtype=dtype)
+        additive = [] if not fused else _additive_tensors(noise, data)
         if fused and c0 is not None and len(additive) == directions:
             out, h_fused, c_fused = lstm_additive_fused(
                 layer_input, layout, batch_sizes, weights, h0[rows], c0[rows], additive, module.training

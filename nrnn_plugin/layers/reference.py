@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from nrnn_plugin.counter_noise import as_coefficients
 from nrnn_plugin.layers.signature import LayerPass
 
 __all__ = ["lstm_cell", "gru_cell", "elman_cell", "reference_unroll", "GATE_COUNT"]
@@ -77,7 +78,8 @@ def reference_unroll(mode: str, p: LayerPass) -> tuple[Tensor, Tensor, Tensor | 
         ``P = H`` unless an LSTM has a projection ``w_hr [P, H]``, whose output ``h = w_hr (o * tanh(c))``
         is what receives ``noise_h``.
     """
-    layout, x, h0, c0, noise_h, noise_c, reverse = p.layout, p.x, p.h0, p.c0, p.noise_h, p.noise_c, p.reverse
+    layout, x, h0, c0, reverse = p.layout, p.x, p.h0, p.c0, p.reverse
+    noise_h, noise_c = as_coefficients(p.noise_h, x), as_coefficients(p.noise_c, x)
     w_ih, w_hh, b_ih, b_hh, w_hr = p.weights.w_ih, p.weights.w_hh, p.weights.b_ih, p.weights.b_hh, p.weights.w_hr
     sizes = layout.sizes
     xw_steps = torch.split(F.linear(x, w_ih, b_ih), sizes)

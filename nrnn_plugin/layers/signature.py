@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from nrnn_plugin.diffusion import AffineNoise
+from nrnn_plugin.counter_noise import StateNoise
 from nrnn_plugin.layers.layout import SequenceLayout
 
 __all__ = ["LayerWeights", "LayerPass", "Kernel", "layer_weights", "MODES"]
@@ -71,7 +71,10 @@ class LayerPass:
         h0: initial hidden state ``[B, P]`` (samples sorted by length, as the layout; ``P = H`` without a
             projection).
         c0: initial cell state ``[B, H]`` for LSTM, else ``None``.
-        noise_h, noise_c: per-row noise coefficients of ``h`` and (LSTM) ``c``; ``None`` = no noise there.
+        noise_h, noise_c: the noise of ``h`` and (LSTM) ``c``: per-row coefficients
+            (:class:`~nrnn_plugin.diffusion.AffineNoise`), counter-based noise the kernel generates itself
+            (:class:`~nrnn_plugin.counter_noise.CounterNoise`; kernels without a generator call
+            :func:`~nrnn_plugin.counter_noise.as_coefficients`), or ``None`` = no noise there.
         reverse: process time steps last to first (the backward direction of a bidirectional layer).
     """
 
@@ -80,8 +83,8 @@ class LayerPass:
     weights: LayerWeights
     h0: Tensor
     c0: Tensor | None = None
-    noise_h: AffineNoise | None = None
-    noise_c: AffineNoise | None = None
+    noise_h: StateNoise = None
+    noise_c: StateNoise = None
     reverse: bool = False
 
 

@@ -1,4 +1,4 @@
-"""Built-in hook implementations: the default schemes and sampler.
+"""Built-in hook implementations: the default schemes and sampler (the counter-based stream).
 
 Registered first by the plugin manager (and marked ``trylast``), so any plugin can override them through the
 same hooks.
@@ -10,7 +10,7 @@ from torch import nn
 
 from nrnn_plugin.config import NoiseConfig
 from nrnn_plugin.diffusion import BUILTIN_SCHEMES, Diffusion
-from nrnn_plugin.noise import Sampler, gaussian_sampler
+from nrnn_plugin.noise import Sampler, counter_stream
 from nrnn_plugin.plugins.hookspecs import hookimpl
 
 
@@ -21,4 +21,4 @@ def nrnn_diffusion(config: NoiseConfig) -> Diffusion:
 
 @hookimpl(trylast=True)
 def nrnn_sampler(name: str, module: nn.Module, config: NoiseConfig) -> Sampler:
-    return gaussian_sampler
+    return counter_stream

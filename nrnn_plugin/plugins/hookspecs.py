@@ -85,7 +85,10 @@ def nrnn_sampler(name: str, module: nn.Module, config: NoiseConfig) -> Sampler |
     *First result.* Called once per noisy module when noise is registered; the sampler
     (:class:`nrnn_plugin.noise.Sampler`) is then called once per layer and sequence, never per time step. It
     must draw from ``source.generator(device)`` (never the global RNG) so that runs stay reproducible and
-    replayable. The built-in sampler is ``torch.randn`` on that generator.
+    replayable; its draws are tensors, used as given (the kernels then take coefficient tensors, so the noise
+    is stored for backward). The built-in answer, ``nrnn_plugin.noise.counter_stream``, is not a tensor
+    sampler: draws are keys of the counter-based stream, generated inside the kernels
+    (:mod:`nrnn_plugin.philox`). ``nrnn_plugin.noise.gaussian_sampler`` is ``torch.randn`` on the generator.
     """
 
 

@@ -134,12 +134,14 @@ class _LeafTape(NoiseTape):
     def __init__(self, diffusion: _CoefficientDiffusion) -> None:
         super().__init__()
         self.diffusion = diffusion
+        self.leaves: list[Tensor] = []
         self.hidden: list[int] = []
 
     def next(self, shape: Sequence[int], device: torch.device, dtype: torch.dtype) -> Tensor:
         leaf = torch.zeros(tuple(shape), device=device, dtype=dtype, requires_grad=True)
         assert self.diffusion.hidden is not None
         self.draws.append(leaf)
+        self.leaves.append(leaf)
         self.hidden.append(self.diffusion.hidden)
         return leaf
 
@@ -159,7 +161,7 @@ def exact(model: nn.Module, closure: Closure, terms: str) -> Tensor:
             means: list[Tensor] = []
             blocks: list[tuple[int, Tensor]] = []  # (leaf index, moments) for every draw
             for tape in tapes.values():
-                for leaf, hidden in zip(tape.draws, tape.hidden):
+                for leaf, hidden in zip(tape.leaves, tape.hidden):
                     moments = _moments(tape.diffusion.original, hidden, leaf.dtype, leaf.device)
                     index = len(leaves_)
                     leaves_.append(leaf)
