@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from nrnn_plugin.counter_noise import key_tensor
 from nrnn_plugin.layers.nrnn import NRNN
-from nrnn_plugin.layers.nrnn_kernel import nrnn_step
+from nrnn_plugin.layers.nrnn_reference import nrnn_step
 from nrnn_plugin.layers.reference import elman_cell, gru_cell, lstm_cell
 from nrnn_plugin.noise import NoiseKey, NoiseTape
 from nrnn_plugin.regularizer.guards import GlobalRng, model_devices

@@ -28,6 +28,39 @@ class GeneratedNoise(NoiseSource):
         return draw
 
 
+def compiled_or_skip() -> None:
+    """Load the compiled kernels, or skip where they cannot exist here (``NRNN_KERNELS=python``, no C++ compiler).
+
+    A machine WITH a compiler on which they fail to build fails the test (the reason is in the error).
+    """
+    import os
+    import shutil
+
+    import pytest
+
+    from nrnn_plugin.compiled import build
+
+    if os.environ.get("NRNN_KERNELS", "").strip().lower() == "python":
+        pytest.skip("NRNN_KERNELS=python: the compiled kernels are switched off")
+    if shutil.which(os.environ.get("CXX", "c++")) is None and not build.loaded():
+        pytest.skip("no C++ compiler: the compiled kernels cannot be built here")
+    build.require()
+
+
+def compiled_backward(tensor: torch.Tensor) -> bool:
+    """True when a compiled operator's backward node is in the autograd graph behind ``tensor``."""
+    stack, seen = [tensor.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if "nrnn_" in type(node).__name__ and "_forward" in type(node).__name__:
+            return True
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return False
+
+
 def runtimes(model):
     """The runtimes of every noisy module of ``model``, in module order (public API: ``noise_runtimes``)."""
     from nrnn_plugin.runtime import noise_runtimes

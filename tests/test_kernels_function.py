@@ -16,6 +16,7 @@ import itertools
 
 import pytest
 import torch
+from nrnn_testing import compiled_backward
 from torch import nn
 
 import nrnn_plugin as nrnn
@@ -428,11 +429,15 @@ def test_module_function_kernel_matches_reference(packed):
     ],
     ids=["multiplicative", "cell", "additive-fused"],
 )
-def test_module_lstm_auto_kernel_choice(config, backward):
-    """Auto kernel choice: the fused path for additive noise on h, the Function kernel otherwise."""
+def test_module_lstm_auto_kernel_choice(config, backward, kernel_backend):
+    """Kernel choice: the compiled operator for every form (compiled back-end); on the Python back-end the fused
+    path for additive noise on h, the Function kernel otherwise."""
     model = nrnn.register_noise(nn.LSTM(3, 4), config).train()
     out, _ = model(torch.randn(5, 2, 3))
     graph = _graph(out)
+    if kernel_backend == "compiled":
+        assert compiled_backward(out) and "LSTMSequenceBackward" not in graph, sorted(graph)
+        return
     assert backward in graph, sorted(graph)
     assert ("LSTMSequenceBackward" in graph) == (backward == "LSTMSequenceBackward")
 
@@ -440,8 +445,8 @@ def test_module_lstm_auto_kernel_choice(config, backward):
 @pytest.mark.parametrize("target", ["h", "c", "both"])
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
 def test_module_projected_lstm_function_kernel_matches_reference(target, packed):
-    """A registered nn.LSTM(proj_size=2), 2 layers, bidirectional: same outputs and grads on both kernels; under
-    "auto" additive noise on h takes the function kernel (the fused path has no projection)."""
+    """A registered nn.LSTM(proj_size=2), 2 layers, bidirectional: same outputs and grads on both kernels; without
+    the compiled kernels additive noise on h takes the function kernel (the fused path has no projection)."""
     torch.manual_seed(0)
     model = nn.LSTM(3, 5, num_layers=2, bidirectional=True, proj_size=2).double()
     nrnn.register_noise(model, NoiseConfig(additive=0.1, target=target, seed=1))
@@ -464,7 +469,7 @@ def test_module_projected_lstm_function_kernel_matches_reference(target, packed)
     with recording(model) as tapes:
         expected = run("reference")
     with replaying(model, tapes):
-        actual = run("auto")
+        actual = run("fused")
     _assert_close(actual, expected, f"module projected LSTM target={target}")
-    clean = run("auto", inject=False)  # the noise really entered: without it the results differ
+    clean = run("fused", inject=False)  # the noise really entered: without it the results differ
     assert not torch.allclose(clean[0], expected[0])

@@ -16,7 +16,7 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
-from nrnn_testing import ZeroNoise
+from nrnn_testing import ZeroNoise, compiled_backward, compiled_or_skip
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
@@ -76,9 +76,10 @@ def _graph(tensor: torch.Tensor) -> set[str]:
 
 
 def _expected_kernel(module: nn.RNNBase, kernel: str) -> str:
-    """The kernel that must run: the reference, the hand-written function or (additive LSTM, no projection) fused."""
-    if kernel == "reference":
-        return "reference"
+    """The kernel that must run: the reference, the compiled operator, or (the Python back-end, ``fused``) the
+    hand-written function or, for an additive LSTM without projection, the fused path."""
+    if kernel in ("reference", "compiled"):
+        return kernel
     return "fused" if module.mode == "LSTM" and not module.proj_size else "function"
 
 
@@ -88,6 +89,8 @@ def _kernel_ran(out: torch.Tensor, fused_calls: list[int]) -> str:
     The fused path cannot be told apart by its nodes in float64 (PyTorch's CPU LSTM then unrolls with autograd
     ops), hence the call counter ``fused_calls`` kept by :func:`_count_fused`.
     """
+    if compiled_backward(out):
+        return "compiled"
     if any(name.endswith("SequenceBackward") for name in _graph(out)):
         return "function"
     return "fused" if fused_calls else "reference"
@@ -133,7 +136,9 @@ def _run(module: nn.Module, kind: str, given_state: bool, seed: int, expect=None
 
 
 GRID = list(
-    itertools.product(MODULES, (1, 2), (False, True), (True, False), INPUTS, (False, True), ("reference", "auto"))
+    itertools.product(
+        MODULES, (1, 2), (False, True), (True, False), INPUTS, (False, True), ("reference", "fused", "compiled")
+    )
 )
 
 
@@ -141,12 +146,14 @@ GRID = list(
 def test_zero_noise_training_path_matches_torch(
     mode, layers, bidirectional, bias, kind, given_state, kernel, monkeypatch
 ):
+    if kernel == "compiled":
+        compiled_or_skip()
     fused_calls = _count_fused(monkeypatch)
     torch.manual_seed(0)
     plain = MODULES[mode](num_layers=layers, bidirectional=bidirectional, bias=bias, batch_first=kind == "batch_first")
     plain = plain.to(DTYPE)
-    # LSTM under "auto": additive noise only, which takes the exact fused fast path (without a projection)
-    multiplicative = 0.0 if kernel == "auto" and mode.startswith("LSTM") else 0.1
+    # LSTM on the Python back-end: additive noise only, which takes the exact fused fast path (no projection)
+    multiplicative = 0.0 if kernel == "fused" and mode.startswith("LSTM") else 0.1
     noisy = nrnn.register_noise(copy.deepcopy(plain), nrnn.NoiseConfig(additive=0.1, multiplicative=multiplicative))
     runtime_of(noisy).source = ZeroNoise("zero")
     with use_kernel(kernel):

@@ -4,7 +4,7 @@ The kernels are a C++ extension built with ``torch.utils.cpp_extension`` (g++ ``
 process needs them, and cached: the cache key is a hash of the sources, the compiler flags, the compiler's
 version, the torch and Python versions and the CPU's instruction-set flags, so a cache copied to another machine
 or left from another torch is never loaded by mistake. ``scripts/setup.sh`` builds them once
-(``python -m nrnn_plugin.compiled.build``), so the first training step is not slowed.
+(``python -m nrnn_plugin.compiled``), so the first training step is not slowed.
 
 Which kernels run (``NRNN_KERNELS``):
 
@@ -173,7 +173,7 @@ def load() -> bool:
                         ) from exc
                     _log.warning(
                         "nrnn_plugin: running the Python kernels (compiled CPU kernels unavailable: %s); install a "
-                        "C++ compiler and ninja, then `python -m nrnn_plugin.compiled.build` (NRNN_KERNELS=python "
+                        "C++ compiler and ninja, then `python -m nrnn_plugin.compiled` (NRNN_KERNELS=python "
                         "silences this)",
                         reason,
                     )
@@ -220,7 +220,7 @@ def _signed(value: int) -> int:
 
 
 def main() -> int:
-    """``python -m nrnn_plugin.compiled.build``: build the kernels now and print one line; exit 1 if unavailable."""
+    """``python -m nrnn_plugin.compiled``: build the kernels now and print one line; exit 1 if unavailable."""
     try:
         ok = load()
     except (RuntimeError, ValueError) as exc:
@@ -228,7 +228,3 @@ def main() -> int:
         return 1
     print(f"nrnn_plugin compiled kernels: {status()} ({cache_directory()})" if ok else f"nrnn_plugin: {status()}")
     return 0 if ok else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

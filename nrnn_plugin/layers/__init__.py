@@ -9,7 +9,7 @@ and the kernels they run.
 """
 
 from nrnn_plugin.layers.cells import NoisyGRUCell, NoisyLSTMCell, NoisyRNNCell
-from nrnn_plugin.layers.kernels import KERNELS, current_kernel, use_kernel
+from nrnn_plugin.layers.choice import KERNELS, current_kernel, use_kernel
 from nrnn_plugin.layers.nrnn import NRNN, NoisyNRNN, NoisyNRNNCell, NRNNCell
 from nrnn_plugin.layers.recurrent import NoisyGRU, NoisyLSTM, NoisyRNN
 

@@ -750,7 +750,7 @@ def needs_reference(*noises: StateNoise) -> bool:
     return False
 
 
-def _coefficients(
+def coefficient_tensors(
     noise: AffineNoise | None, rows: int, hidden: int, like: Tensor, argument: str
 ) -> tuple[_Coef, _Coef, _Coef]:
     """``(gate, mult, add)`` as tensors ``[N, H]``, ``[N, 1]`` or ``[1, 1]`` (numbers) in ``like``'s dtype, or ``None``.
@@ -809,10 +809,10 @@ def function_kernel(mode: str, p: LayerPass) -> tuple[Tensor, Tensor, Tensor | N
     layout, w = p.layout, p.weights
     plan = _plan(layout, p.reverse)
     x = p.x.contiguous()
-    coef_h = _coefficients(as_coefficients(p.noise_h, x), layout.rows, w.state_size, x, "noise_h")
+    coef_h = coefficient_tensors(as_coefficients(p.noise_h, x), layout.rows, w.state_size, x, "noise_h")
     if mode == "LSTM":
         assert p.c0 is not None
-        coef_c = _coefficients(as_coefficients(p.noise_c, x), layout.rows, w.hidden_size, x, "noise_c")
+        coef_c = coefficient_tensors(as_coefficients(p.noise_c, x), layout.rows, w.hidden_size, x, "noise_c")
         out, h_n, c_n = LSTMSequence.apply(
             plan, x, w.w_ih, w.w_hh, w.b_ih, w.b_hh, w.w_hr, p.h0, p.c0, *coef_h, *coef_c
         )

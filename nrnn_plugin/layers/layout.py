@@ -76,6 +76,10 @@ class SequenceLayout:
         """Row of each sample's last time step (where a forward direction ends): ``LongTensor[B]``."""
         return self._index("last", device, self._build_last_rows)
 
+    def batch_sizes(self) -> Tensor:
+        """``sizes`` as a CPU ``LongTensor[T]`` (a ``PackedSequence``'s ``batch_sizes``; compiled kernels' input)."""
+        return self._index("batch_sizes", torch.device("cpu"), lambda: torch.tensor(self.sizes, dtype=torch.long))
+
     def previous_rows(self, reverse: bool, device: torch.device) -> Tensor:
         """For every row, the row of the same sample at the previous processed step, or ``-1`` at its start.
 

@@ -49,7 +49,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from nrnn_plugin.config import NoiseConfig
-from nrnn_plugin.diffusion import AffineNoise
+from nrnn_plugin.counter_noise import StateNoise
 from nrnn_plugin.layers.layout import SequenceLayout
 from nrnn_plugin.layers.nrnn_drift import DriftParameters, structured_matrix
 from nrnn_plugin.layers.nrnn_kernel import nrnn_step, unroll
@@ -236,9 +236,9 @@ class NRNN(DriftParameters):
         layer_input = data
         finals: list[Tensor] = []
         for layer in range(self.num_layers):
-            noise: list[AffineNoise | None] = [None] * directions
+            noise: list[StateNoise] = [None] * directions
             if runtime is not None:
-                draws = runtime.draw(
+                draws = runtime.draw_lazy(
                     layout.rows, self.hidden_size, ("h",), directions=directions, device=data.device, dtype=data.dtype
                 )
                 noise = [d["h"] for d in draws]

@@ -1,10 +1,11 @@
-"""The NRNN recursion over a sequence: the autograd unroll and a kernel with a hand-written backward.
+"""The NRNN recursion over a sequence: which kernel runs, and the Python kernel with a hand-written backward.
 
 ``unroll`` runs one layer and direction of :class:`~nrnn_plugin.layers.nrnn.NRNN` in the packed row layout of
-:mod:`.layout`. Padded (uniform-length) input runs :class:`NRNNSequence` (no autograd graph in the loop, one
-recurrent GEMM per step, the weight gradient as one GEMM over all steps); packed input, noise coefficients that
-require grad, ``torch.func`` transforms, forward-mode AD and ``use_kernel("reference")`` (needed for double
-backward) run the plain autograd unroll. Both compute the same recursion.
+:mod:`.layout`: the compiled kernel (:mod:`nrnn_plugin.compiled`, CPU, the noise generated inside it) where the
+kernel choice allows it; otherwise padded (uniform-length) input runs :class:`NRNNSequence` (no autograd graph
+in the loop, one recurrent GEMM per step, the weight gradient as one GEMM over all steps); packed input, noise
+coefficients that require grad, ``torch.func`` transforms, forward-mode AD and ``use_kernel("reference")`` run
+the plain autograd unroll (:mod:`.nrnn_reference`). All compute the same recursion.
 """
 
 from __future__ import annotations
@@ -12,45 +13,18 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from nrnn_plugin.compiled import kernels as compiled
+from nrnn_plugin.counter_noise import StateNoise, as_coefficients
 from nrnn_plugin.diffusion import AffineNoise
+from nrnn_plugin.layers.choice import compiled_allowed, current_kernel
 from nrnn_plugin.layers.functions import needs_reference
-from nrnn_plugin.layers.kernels import current_kernel
 from nrnn_plugin.layers.layout import SequenceLayout
+from nrnn_plugin.layers.nrnn_reference import nrnn_step, reference_unroll
 
 __all__ = ["nrnn_step", "unroll", "NRNNSequence"]
-
-
-def nrnn_step(xw: Tensor, h: Tensor, kernel: Tensor, step: Tensor | float, linear_part: bool) -> Tensor:
-    """One deterministic step ``Psi(h, x) = h + d * (alpha A h + tanh(W h + U x + b))``.
-
-    Args:
-        xw: the projected input ``U x + b``, ``[B, H]``.
-        h: the state entering the step, ``[B, H]``.
-        kernel: ``[alpha A; W]`` stacked as ``[2H, H]`` when ``linear_part``, else ``W`` as ``[H, H]``.
-        step: ``d``, a float or a ``[H]`` tensor.
-        linear_part: whether the ``alpha A h`` term is present (``alpha != 0``).
-    """
-    z = F.linear(h, kernel)
-    if linear_part:
-        linear, pre = z.chunk(2, dim=1)
-        drift = linear + torch.tanh(pre + xw)
-    else:
-        drift = torch.tanh(z + xw)
-    return h + step * drift
-
-
-def _entering_state(previous: Tensor | None, init: Tensor, size: int, carried: int) -> Tensor:
-    """The state entering a step: ``carried`` rows continue the previous step, the rest start from ``init``."""
-    if carried == 0:
-        return init[:size]
-    assert previous is not None
-    if carried == size:
-        return previous[:size]
-    return torch.cat([previous[:carried], init[carried:size]])
 
 
 def unroll(
@@ -60,38 +34,21 @@ def unroll(
     step: Tensor | float,
     linear_part: bool,
     h0: Tensor,
-    noise: AffineNoise | None,
+    noise: StateNoise,
     *,
     reverse: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """One NRNN layer and direction over a sequence in the packed row layout, with optional noise.
+    """One NRNN layer and direction over a sequence: the contract of :func:`.nrnn_reference.reference_unroll`.
 
-    Args:
-        xw: projected inputs ``U x + b`` ``[N, H]`` in ``layout``'s row order.
-        kernel, step, linear_part: see :func:`nrnn_step`.
-        h0: initial states ``[B, H]`` (samples sorted by length, as the layout).
-        noise: per-row coefficients ``[N, H]`` (``h_next = gate * Psi + mult * h + add``) or ``None``.
-        reverse: process the steps last to first (backward direction).
-
-    Returns:
-        ``out`` ``[N, H]`` (the state after every step, noise included) and ``h_n`` ``[B, H]``.
+    Runs the compiled kernel where the current choice allows it (CPU, float32/float64), else
+    :class:`NRNNSequence` for padded input, else the autograd unroll (see the module docstring).
     """
-    if layout.uniform and current_kernel() != "reference" and not needs_reference(noise):
-        return _sequence_kernel(xw, layout, kernel, step, linear_part, h0, noise, reverse)
-    sizes = layout.sizes
-    xw_steps = torch.split(xw, sizes)
-    noise_steps = noise.split(sizes) if noise is not None and not noise.is_zero else None
-    carried = layout.carried_rows(reverse)
-    outputs: list[Tensor] = [xw.new_empty(0)] * layout.steps
-    previous: Tensor | None = None
-    for t in layout.order(reverse):
-        h = _entering_state(previous, h0, sizes[t], carried[t])
-        h_new = nrnn_step(xw_steps[t], h, kernel, step, linear_part)
-        if noise_steps is not None:
-            h_new = noise_steps[t].apply(h_new, h)
-        outputs[t] = previous = h_new
-    out = torch.cat(outputs)
-    return out, layout.final_rows(out, reverse)
+    if current_kernel() != "reference" and not needs_reference(noise):
+        if compiled_allowed() and compiled.nrnn_applies(xw, kernel, step):
+            return compiled.nrnn(xw, layout, kernel, step, h0, noise, reverse)
+        if layout.uniform:
+            return _sequence_kernel(xw, layout, kernel, step, linear_part, h0, as_coefficients(noise, xw), reverse)
+    return reference_unroll(xw, layout, kernel, step, linear_part, h0, noise, reverse=reverse)
 
 
 def _step_coefficient(coef: Tensor | float | None, steps: int, batch: int) -> Tensor | float | None:

@@ -21,7 +21,7 @@ from torch.nn.utils.rnn import PackedSequence
 from nrnn_plugin.config import NoiseConfig
 from nrnn_plugin.counter_noise import StateNoise, as_coefficients
 from nrnn_plugin.layers.fused_lstm import lstm_additive_fused
-from nrnn_plugin.layers.kernels import fused_allowed, sequence_kernel
+from nrnn_plugin.layers.kernels import compiled_applies, fused_allowed, sequence_kernel
 from nrnn_plugin.layers.layout import SequenceLayout
 from nrnn_plugin.layers.precision import autocast_disabled, autocast_dtype
 from nrnn_plugin.layers.sequence_io import (
@@ -130,11 +130,12 @@ def _state_size(module: nn.RNNBase) -> int:
     return module.proj_size or module.hidden_size
 
 
-def _fused_applies(module: nn.RNNBase, runtime: NoiseRuntime, targets: tuple[str, ...]) -> bool:
+def _fused_applies(module: nn.RNNBase, runtime: NoiseRuntime, targets: tuple[str, ...], data: Tensor) -> bool:
     """The exact fused LSTM path: LSTM without projection, noise on ``h`` only, additive, no mean-noise probe,
-    kernel allowed."""
+    kernel allowed, and no compiled kernel for these inputs (it is faster on the CPU)."""
     return (
         module.mode == "LSTM"
+        and not compiled_applies(data)
         and not module.proj_size
         and fused_allowed()
         and targets == ("h",)
@@ -163,8 +164,8 @@ def _run_layers(
     layout: SequenceLayout = flat.layout
     directions = 2 if module.bidirectional else 1
     targets = runtime.targets(has_cell_state=module.mode == "LSTM")
-    fused = _fused_applies(module, runtime, targets)
-    kernel = sequence_kernel()
+    fused = _fused_applies(module, runtime, targets, data)
+    kernel = sequence_kernel(data)
     batch_sizes = flat.packed.batch_sizes if flat.packed is not None else None
     dtype = data.dtype
     sizes = {"h": _state_size(module), "c": module.hidden_size}
