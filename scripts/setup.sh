@@ -14,3 +14,6 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     "${PIP[@]}" install "torch==2.13.0"
 fi
 "${PIP[@]}" install -e ".[forecasting,data,dev]"
+# Build the compiled CPU kernels now (cached per machine), so the first training step is not slowed; without a
+# C++ compiler this prints one line and the library runs its Python kernels.
+.venv/bin/python -m nrnn_plugin.compiled || true

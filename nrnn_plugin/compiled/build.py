@@ -13,9 +13,10 @@ Which kernels run (``NRNN_KERNELS``):
 * ``python``: the Python kernels, silently (also what a build failure falls back to);
 * ``compiled``: the compiled kernels or an error (CI, benchmarks).
 
-Instruction set: ``-mavx2 -mfma`` on x86-64 machines that have them (the same binary and the same numbers on
-every AVX2 or AVX-512 machine), generic code elsewhere; ``NRNN_KERNELS_ISA=native`` builds with
-``-march=native`` (part of the cache key). The cache lives in ``NRNN_KERNELS_CACHE`` or
+Instruction set: the x86-64 micro-architecture level of the machine (``-march=x86-64-v4`` with AVX-512,
+``-march=x86-64-v3`` with AVX2 and FMA; the noise is bit-identical on both, the cell arithmetic may differ in the
+last bit), generic code elsewhere; ``NRNN_KERNELS_ISA=native`` builds with ``-march=native``, any other value is
+taken as the flags (part of the cache key). The cache lives in ``NRNN_KERNELS_CACHE`` or
 ``~/.cache/nrnn_plugin/kernels``.
 
 This module imports nothing from the package.
@@ -43,7 +44,7 @@ SOURCES = ("ops.cpp", "lstm.cpp", "gru.cpp", "elman.cpp", "nrnn.cpp")
 HEADERS = ("philox.h", "common.h")
 CHOICES = ("auto", "python", "compiled")
 # FMA contraction is allowed in the cell code; csrc/philox.h switches it off for the noise itself.
-BASE_FLAGS = ("-O3", "-std=c++17", "-fopenmp", "-ffp-contract=fast", "-fno-math-errno")
+BASE_FLAGS = ("-O3", "-fopenmp", "-ffp-contract=fast", "-fno-math-errno", "-fno-trapping-math")
 
 _lock = threading.Lock()
 _state: dict[str, object] = {}  # "loaded": bool, "reason": str, "told": bool
@@ -69,11 +70,18 @@ def _cpu_flags() -> str:
 
 def isa_flags() -> tuple[str, ...]:
     """The instruction-set flags of the build (see the module docstring)."""
-    if os.environ.get("NRNN_KERNELS_ISA", "").strip().lower() == "native":
+    chosen = os.environ.get("NRNN_KERNELS_ISA", "").strip()
+    if chosen.lower() == "native":
         return ("-march=native",)
+    if chosen:
+        return tuple(chosen.split())
     flags = set(_cpu_flags().split())
-    if platform.machine() in ("x86_64", "AMD64") and {"avx2", "fma"} <= flags:
-        return ("-mavx2", "-mfma")
+    if platform.machine() not in ("x86_64", "AMD64"):
+        return ()
+    if {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"} <= flags:
+        return ("-march=x86-64-v4",)
+    if {"avx2", "fma", "bmi1", "bmi2", "f16c", "movbe"} <= flags:
+        return ("-march=x86-64-v3",)
     return ()
 
 

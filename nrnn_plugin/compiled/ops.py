@@ -122,6 +122,7 @@ def _autograd(
         ctx.save_for_backward(*tensors, *output)
         ctx.inputs = len(inputs)
         ctx.mark_non_differentiable(*output[len(output) - extras :])
+        ctx.set_materialize_grads(False)  # an unused result's gradient stays None (no [N, 4H] of zeros)
 
     def backward(ctx: Any, *grads: Tensor | None) -> tuple[Tensor | None, ...]:
         saved = ctx.saved_tensors

@@ -75,9 +75,10 @@ inline void mm_nn(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, cons
 
 // ------------------------------------------------------------------------------------------------ activations
 // float: a branch-free, vectorisable exp (Cody-Waite reduction, degree-6 Taylor, relative error < 3e-7);
-// double: libm.
+// double: libm. The loops vectorise with -fno-trapping-math (float compares may then be if-converted).
 inline float fexp(float x) {
-  x = std::min(std::max(x, -87.0f), 88.0f);
+  x = x < -87.0f ? -87.0f : x;  // values, not std::min's references: if-converted without mask registers (AVX2)
+  x = x > 88.0f ? 88.0f : x;
   const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
   float r = x - n * 0.693145751953125f;
   r = r - n * 1.428606765330187e-06f;
@@ -225,15 +226,13 @@ inline Tensor grad_w_hh(const Plan& p, const Tensor& dGh, const Tensor& out, con
   return g.t().contiguous();
 }
 inline bool given(const c10::optional<Tensor>& t) { return t.has_value() && t->defined(); }
-inline Tensor projection(const Tensor& x, const Tensor& w, const c10::optional<Tensor>& bias) {
-  if (given(bias)) return at::addmm(*bias, x, w.t());
-  return at::mm(x, w.t());
-}
-inline c10::optional<Tensor> sum_bias(const c10::optional<Tensor>& a, const c10::optional<Tensor>& b) {
-  if (given(a) && given(b)) return *a + *b;
-  if (given(a)) return a;
-  if (given(b)) return b;
-  return c10::nullopt;
+// b_ih + b_hh, or zeros [G] without biases (added per element inside the loops: no broadcast pass over [N, G])
+inline Tensor bias_sum(const c10::optional<Tensor>& a, const c10::optional<Tensor>& b, int64_t G,
+                       const at::TensorOptions& options) {
+  if (given(a) && given(b)) return (*a + *b).contiguous();
+  if (given(a)) return a->contiguous();
+  if (given(b)) return b->contiguous();
+  return at::zeros({G}, options);
 }
 inline int64_t grain_rows(int64_t H, int64_t factor) {
   static const int64_t min_elems = [] {

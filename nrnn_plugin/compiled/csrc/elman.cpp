@@ -8,7 +8,8 @@ namespace nrnn {
 namespace {
 
 template <typename T, bool RELU>
-void forward_loop(const Plan& p, const NoiseSpec<T>& nz, T* A, const T* Whh, const T* h0, T* out, int64_t H) {
+void forward_loop(const Plan& p, const NoiseSpec<T>& nz, T* A, const T* bias, const T* Whh, const T* h0, T* out,
+                  int64_t H) {
   std::vector<T> scratch;
   const int64_t grain = grain_rows(H, 4);
   for (int64_t t : p.order) {
@@ -27,7 +28,8 @@ void forward_loop(const Plan& p, const NoiseSpec<T>& nz, T* A, const T* Whh, con
         const T *gate = nh.gate, *mult = nh.mult, *add = nh.add;
 #pragma GCC ivdep
         for (int64_t j = 0; j < H; ++j) {
-          const T v = RELU ? (a[j] > T(0) ? a[j] : T(0)) : tanh_(a[j]);
+          const T u = a[j] + bias[j];
+          const T v = RELU ? (u > T(0) ? u : T(0)) : tanh_(u);
           a[j] = v;
           h[j] = gate[j] * v + mult[j] * hp[j] + add[j];
         }
@@ -76,7 +78,8 @@ std::tuple<Tensor, Tensor, Tensor> elman_forward(
   const int64_t H = w_hh.size(1);
   TORCH_CHECK(x.dim() == 2 && x.size(0) == p.N, "elman_forward: x must be [N, I] with N = sum(batch_sizes)");
   TORCH_CHECK(h0.sizes() == at::IntArrayRef({p.B, H}), "elman_forward: h0 must be [B, H]");
-  Tensor A = projection(x.contiguous(), w_ih, sum_bias(b_ih, b_hh)).contiguous();
+  Tensor A = at::mm(x.contiguous(), w_ih.t()).contiguous();
+  Tensor bias = bias_sum(b_ih, b_hh, H, x.options());
   Tensor whh = w_hh.contiguous(), h0c = h0.contiguous();
   Tensor out = at::empty({p.N, H}, x.options());
   const int64_t units[2] = {H, 0};
@@ -85,10 +88,10 @@ std::tuple<Tensor, Tensor, Tensor> elman_forward(
     const auto nz = make_noise<scalar_t>(rng, scheme, sa, sm, dt, shared, scale, keyed, coefs, p.N, units);
     auto* a = A.data_ptr<scalar_t>();
     if (relu)
-      forward_loop<scalar_t, true>(p, nz, a, whh.data_ptr<scalar_t>(), h0c.data_ptr<scalar_t>(),
+      forward_loop<scalar_t, true>(p, nz, a, bias.data_ptr<scalar_t>(), whh.data_ptr<scalar_t>(), h0c.data_ptr<scalar_t>(),
                                    out.data_ptr<scalar_t>(), H);
     else
-      forward_loop<scalar_t, false>(p, nz, a, whh.data_ptr<scalar_t>(), h0c.data_ptr<scalar_t>(),
+      forward_loop<scalar_t, false>(p, nz, a, bias.data_ptr<scalar_t>(), whh.data_ptr<scalar_t>(), h0c.data_ptr<scalar_t>(),
                                     out.data_ptr<scalar_t>(), H);
   });
   return std::make_tuple(out, final_rows(p, out), A);

@@ -11,8 +11,8 @@ namespace nrnn {
 namespace {
 
 template <typename T>
-void forward_loop(const Plan& p, const NoiseSpec<T>& nz, const T* GI, T* HG, T* NEW, const T* Whh, const T* bhh,
-                  const T* h0, T* out, int64_t H) {
+void forward_loop(const Plan& p, const NoiseSpec<T>& nz, const T* GI, const T* bih, T* HG, T* NEW, const T* Whh,
+                  const T* bhh, const T* h0, T* out, int64_t H) {
   const int64_t G3 = 3 * H;
   std::vector<T> scratch;
   const int64_t grain = grain_rows(H, 8);
@@ -34,11 +34,10 @@ void forward_loop(const Plan& p, const NoiseSpec<T>& nz, const T* GI, T* HG, T* 
         const T *gate = nh.gate, *mult = nh.mult, *add = nh.add;
 #pragma GCC ivdep
         for (int64_t j = 0; j < H; ++j) {
-          const T br = bhh ? bhh[j] : T(0), bz = bhh ? bhh[H + j] : T(0), bn = bhh ? bhh[2 * H + j] : T(0);
-          const T r = sigm(gi[j] + hg[j] + br);
-          const T z = sigm(gi[H + j] + hg[H + j] + bz);
-          const T ghn = hg[2 * H + j] + bn;
-          const T n = tanh_(gi[2 * H + j] + r * ghn);
+          const T r = sigm(gi[j] + bih[j] + hg[j] + bhh[j]);
+          const T z = sigm(gi[H + j] + bih[H + j] + hg[H + j] + bhh[H + j]);
+          const T ghn = hg[2 * H + j] + bhh[2 * H + j];
+          const T n = tanh_(gi[2 * H + j] + bih[2 * H + j] + r * ghn);
           hg[j] = r;
           hg[H + j] = z;
           hg[2 * H + j] = ghn;
@@ -100,8 +99,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward(
   const int64_t H = w_hh.size(1);
   TORCH_CHECK(x.dim() == 2 && x.size(0) == p.N, "gru_forward: x must be [N, I] with N = sum(batch_sizes)");
   TORCH_CHECK(h0.sizes() == at::IntArrayRef({p.B, H}), "gru_forward: h0 must be [B, H]");
-  Tensor GI = projection(x.contiguous(), w_ih, b_ih).contiguous();
-  Tensor bhh = given(b_hh) ? b_hh->contiguous() : Tensor();
+  Tensor GI = at::mm(x.contiguous(), w_ih.t()).contiguous();
+  Tensor bih = bias_sum(b_ih, c10::nullopt, 3 * H, x.options()), bhh = bias_sum(b_hh, c10::nullopt, 3 * H, x.options());
   Tensor whh = w_hh.contiguous(), h0c = h0.contiguous();
   Tensor HG = at::empty({p.N, 3 * H}, x.options()), NEW = at::empty({p.N, H}, x.options());
   Tensor out = at::empty({p.N, H}, x.options());
@@ -109,8 +108,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward(
   const std::vector<OptTensor> coefs = {gate, mult, add, c10::nullopt, c10::nullopt, c10::nullopt};
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gru_forward", [&] {
     const auto nz = make_noise<scalar_t>(rng, scheme, sa, sm, dt, shared, scale, keyed, coefs, p.N, units);
-    forward_loop<scalar_t>(p, nz, GI.data_ptr<scalar_t>(), HG.data_ptr<scalar_t>(), NEW.data_ptr<scalar_t>(),
-                           whh.data_ptr<scalar_t>(), bhh.defined() ? bhh.data_ptr<scalar_t>() : nullptr,
+    forward_loop<scalar_t>(p, nz, GI.data_ptr<scalar_t>(), bih.data_ptr<scalar_t>(), HG.data_ptr<scalar_t>(), NEW.data_ptr<scalar_t>(),
+                           whh.data_ptr<scalar_t>(), bhh.data_ptr<scalar_t>(),
                            h0c.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), H);
   });
   return std::make_tuple(out, final_rows(p, out), HG, NEW);

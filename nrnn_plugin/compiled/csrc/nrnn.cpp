@@ -9,10 +9,12 @@
 namespace nrnn {
 namespace {
 
-template <typename T>
+// LINEAR: the alpha A h term; LEARNED: save the drift (forward) / dPsi (backward) for the step's gradient. Template
+// parameters, and the step always an [H] array: no branches in the vectorised loops.
+template <typename T, bool LINEAR, bool LEARNED>
 void forward_loop(const Plan& p, const NoiseSpec<T>& nz, const T* XW, const T* K, int64_t KH, const T* step,
-                  T step_value, const T* h0, T* out, T* ACT, T* DRIFT, int64_t H) {
-  const bool linear = KH == 2 * H;
+                  const T* h0, T* out, T* ACT, T* DRIFT, int64_t H) {
+  constexpr bool linear = LINEAR;
   std::vector<T> scratch, Z;
   const int64_t grain = grain_rows(H, 4);
   for (int64_t t : p.order) {
@@ -32,15 +34,15 @@ void forward_loop(const Plan& p, const NoiseSpec<T>& nz, const T* XW, const T* K
         const T* __restrict hp = hprev + b * H;
         T* __restrict u = ACT + row * H;
         T* __restrict h = out + row * H;
-        T* __restrict f = DRIFT ? DRIFT + row * H : nullptr;
+        T* __restrict f = LEARNED ? DRIFT + row * H : nullptr;
         const T *gate = nh.gate, *mult = nh.mult, *add = nh.add;
 #pragma GCC ivdep
         for (int64_t j = 0; j < H; ++j) {
           const T a = tanh_(zw[j] + xw[j]);
           const T drift = linear ? z[j] + a : a;
-          const T d = step ? step[j] : step_value;
+          const T d = step[j];
           u[j] = a;
-          if (f) f[j] = drift;
+          if (LEARNED) f[j] = drift;
           h[j] = gate[j] * (hp[j] + d * drift) + mult[j] * hp[j] + add[j];
         }
       }
@@ -48,10 +50,10 @@ void forward_loop(const Plan& p, const NoiseSpec<T>& nz, const T* XW, const T* K
   }
 }
 
-template <typename T>
+template <typename T, bool LINEAR, bool LEARNED>
 void backward_loop(const Plan& p, const NoiseSpec<T>& nz, const T* ACT, const T* K, int64_t KH, const T* step,
-                   T step_value, T* dH, T* dh0, T* DZ, T* DPSI, int64_t H) {
-  const bool linear = KH == 2 * H;
+                   T* dH, T* dh0, T* DZ, T* DPSI, int64_t H) {
+  constexpr bool linear = LINEAR;
   const int64_t grain = grain_rows(H, 4);
   for (auto it = p.order.rbegin(); it != p.order.rend(); ++it) {
     const int64_t t = *it, size = p.sizes[t], r0 = p.offs[t];
@@ -65,16 +67,16 @@ void backward_loop(const Plan& p, const NoiseSpec<T>& nz, const T* ACT, const T*
         const T* __restrict dh = dH + row * H;
         T* __restrict dz = DZ + row * KH;
         T* __restrict dzw = linear ? dz + H : dz;
-        T* __restrict dpsi_out = DPSI ? DPSI + row * H : nullptr;
+        T* __restrict dpsi_out = LEARNED ? DPSI + row * H : nullptr;
         T* __restrict dhp = prev_row<T>(p, t, b, dH, dh0, H);
         const T *gate = nh.gate, *mult = nh.mult;
 #pragma GCC ivdep
         for (int64_t j = 0; j < H; ++j) {
           const T dpsi = dh[j] * gate[j];
-          const T d = step ? step[j] : step_value;
+          const T d = step[j];
           if (linear) dz[j] = dpsi * d;
           dzw[j] = dpsi * d * (T(1) - u[j] * u[j]);
-          if (dpsi_out) dpsi_out[j] = dpsi;
+          if (LEARNED) dpsi_out[j] = dpsi;
           dhp[j] += dpsi + dh[j] * mult[j];
         }
       }
@@ -97,17 +99,19 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> nrnn_forward(
   TORCH_CHECK(h0.sizes() == at::IntArrayRef({p.B, H}), "nrnn_forward: h0 must be [B, H]");
   TORCH_CHECK(!given(step) || step->numel() == H, "nrnn_forward: step must have H elements");
   Tensor xwc = xw.contiguous(), k = kernel.contiguous(), h0c = h0.contiguous();
-  Tensor st = given(step) ? step->contiguous() : Tensor();
+  Tensor st = given(step) ? step->contiguous() : at::full({H}, step_value, xw.options());
   Tensor out = at::empty({p.N, H}, xw.options()), act = at::empty({p.N, H}, xw.options());
   Tensor drift = at::empty({given(step) ? p.N : 0, H}, xw.options());
   const int64_t units[2] = {H, 0};
   const std::vector<OptTensor> coefs = {gate, mult, add, c10::nullopt, c10::nullopt, c10::nullopt};
   AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "nrnn_forward", [&] {
     const auto nz = make_noise<scalar_t>(rng, scheme, sa, sm, dt, shared, scale, keyed, coefs, p.N, units);
-    forward_loop<scalar_t>(p, nz, xwc.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), KH,
-                           st.defined() ? st.data_ptr<scalar_t>() : nullptr, (scalar_t)step_value,
-                           h0c.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), act.data_ptr<scalar_t>(),
-                           st.defined() ? drift.data_ptr<scalar_t>() : nullptr, H);
+    const bool learned = given(step);
+    auto run = KH == 2 * H ? (learned ? forward_loop<scalar_t, true, true> : forward_loop<scalar_t, true, false>)
+                           : (learned ? forward_loop<scalar_t, false, true> : forward_loop<scalar_t, false, false>);
+    run(p, nz, xwc.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), KH,
+        st.data_ptr<scalar_t>(), h0c.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), act.data_ptr<scalar_t>(),
+        learned ? drift.data_ptr<scalar_t>() : nullptr, H);
   });
   return std::make_tuple(out, final_rows(p, out), act, drift);
 }
@@ -126,20 +130,21 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> nrnn_backward(
   Tensor DZ = at::empty({p.N, KH}, out.options());
   Tensor DPSI = at::empty({step_grad ? p.N : 0, H}, out.options());
   Tensor k = kernel.contiguous();
-  Tensor st = given(step) ? step->contiguous() : Tensor();
+  Tensor st = given(step) ? step->contiguous() : at::full({H}, step_value, out.options());
   const int64_t units[2] = {H, 0};
   const std::vector<OptTensor> coefs = {gate, mult, c10::nullopt, c10::nullopt, c10::nullopt, c10::nullopt};
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "nrnn_backward", [&] {
     const auto nz = make_noise<scalar_t>(rng, scheme, sa, sm, dt, shared, scale, keyed, coefs, p.N, units);
-    backward_loop<scalar_t>(p, nz, act.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), KH,
-                            st.defined() ? st.data_ptr<scalar_t>() : nullptr, (scalar_t)step_value,
-                            dH.data_ptr<scalar_t>(), dh0.data_ptr<scalar_t>(), DZ.data_ptr<scalar_t>(),
+    auto run = KH == 2 * H ? (step_grad ? backward_loop<scalar_t, true, true> : backward_loop<scalar_t, true, false>)
+                           : (step_grad ? backward_loop<scalar_t, false, true> : backward_loop<scalar_t, false, false>);
+    run(p, nz, act.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), KH,
+        st.data_ptr<scalar_t>(), dH.data_ptr<scalar_t>(), dh0.data_ptr<scalar_t>(), DZ.data_ptr<scalar_t>(),
                             step_grad ? DPSI.data_ptr<scalar_t>() : nullptr, H);
   });
   const Tensor none = at::empty({0}, out.options());
   Tensor dxw = (needs & 1) ? DZ.narrow(1, KH - H, H).contiguous() : none;
   Tensor dk = (needs & 2) ? grad_w_hh(p, DZ, out, h0) : none;
-  Tensor dstep = step_grad ? (DPSI * drift).sum(0).view(st.sizes()) : none;
+  Tensor dstep = step_grad ? (DPSI * drift).sum(0).view(step->sizes()) : none;
   return std::make_tuple(dxw, dk, dstep, (needs & 8) ? dh0 : none);
 }
 

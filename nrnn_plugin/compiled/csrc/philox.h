@@ -67,9 +67,11 @@ inline float log_u(uint32_t m) {
   const uint32_t bits = as_uint((float)(int32_t)m);
   int32_t e = (int32_t)(bits >> 23) - (127 + 24);
   float f = as_float((bits & 0x007FFFFFu) | 0x3F800000u);
-  const bool big = f > SQRT2;
-  f = big ? f * 0.5f : f;
-  e += big ? 1 : 0;
+  // f > sqrt(2): f / 2 and e + 1, written without branches (exact: halving a float in [1, 2) is an exponent
+  // decrement) so that the loop vectorises without mask registers (AVX2)
+  const uint32_t big = (uint32_t)(f > SQRT2);
+  f = as_float(as_uint(f) - (big << 23));
+  e += (int32_t)big;
   const float s = (f - 1.0f) / (f + 1.0f);
   const float s2 = s * s;
   float p = s2 * L3;
@@ -114,11 +116,14 @@ inline void box_muller(uint32_t ra, uint32_t rb, float& z_even, float& z_odd) {
   cp = cp + C1;
   cp = cp * y2;
   const float cy = cp + 1.0f;
-  const bool swap = (q & 1u) != 0;
-  float c = swap ? sy : cy;
-  float s = swap ? cy : sy;
-  c = (q == 1u || q == 2u) ? -c : c;
-  s = (q >= 2u) ? -s : s;
+  // rotate by q quarter turns with bit operations (exact selects and negations, no branches)
+  const uint32_t swap = 0u - (q & 1u);                          // all ones for q = 1, 3
+  const uint32_t c_bits = (as_uint(sy) & swap) | (as_uint(cy) & ~swap);
+  const uint32_t s_bits = (as_uint(cy) & swap) | (as_uint(sy) & ~swap);
+  const uint32_t c_sign = ((q ^ (q >> 1)) & 1u) << 31;          // q = 1, 2: negate
+  const uint32_t s_sign = (q >> 1) << 31;                       // q = 2, 3: negate
+  const float c = as_float(c_bits ^ c_sign);
+  const float s = as_float(s_bits ^ s_sign);
   z_even = c * radius;
   z_odd = s * radius;
 }
