@@ -352,14 +352,19 @@ def test_falls_back_under_torch_func():
     _assert_close([grad], [expected], "torch.func fallback")
 
 
-def test_double_backward_is_an_error():
-    layout = LAYOUTS["uniform"]
-    generator, x, weights, h0, c0 = _case("RNN_TANH", layout, True, 19)
-    p = _pass(layout, (x, weights, h0, None), _noise("additive", layout.rows, generator), None, False)
-    out, _, _ = function_kernel("RNN_TANH", p)
-    (grad,) = torch.autograd.grad(out.pow(2).sum(), [x], create_graph=True)
-    with pytest.raises(RuntimeError):
-        torch.autograd.grad(grad.sum(), [x])
+@pytest.mark.parametrize("mode", MODES)
+def test_double_backward_equals_the_reference(mode):
+    """create_graph=True: the kernel recomputes through the reference, so second derivatives match it."""
+    layout = LAYOUTS["packed"]
+
+    def second(kernel):
+        generator, x, weights, h0, c0 = _case(mode, layout, True, 19)
+        p = _pass(layout, (x, weights, h0, c0), _noise("add_mult", layout.rows, generator), None, True)
+        out, h_n, _ = kernel(mode, p)
+        (grad,) = torch.autograd.grad(out.pow(2).sum() + h_n.sum(), [x], create_graph=True)
+        return [grad.detach(), *torch.autograd.grad(grad.sin().sum(), [x, weights[1], weights[2], h0])]
+
+    _assert_close(second(function_kernel), second(reference_unroll), f"{mode} double backward")
 
 
 def test_bad_coefficient_shape():

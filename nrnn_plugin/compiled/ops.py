@@ -25,8 +25,9 @@ import torch
 from torch import Tensor
 
 from nrnn_plugin.compiled import build
-from nrnn_plugin.compiled.recompute import NoiseArgs, differentiable_grads, layout_of, state_noise
+from nrnn_plugin.compiled.recompute import NoiseArgs, layout_of, state_noise
 from nrnn_plugin.layers import nrnn_reference
+from nrnn_plugin.layers.double_backward import differentiable_grads
 from nrnn_plugin.layers.reference import reference_unroll
 from nrnn_plugin.layers.signature import LayerPass, LayerWeights
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor
 
 from nrnn_plugin.config import NoiseConfig
@@ -22,7 +21,7 @@ from nrnn_plugin.counter_noise import CounterNoise
 from nrnn_plugin.diffusion import AffineNoise, Diffusion, EulerMaruyama, Milstein, ReferenceScheme
 from nrnn_plugin.layers.layout import SequenceLayout
 
-__all__ = ["SCHEME_CODES", "NoiseArgs", "diffusion_of", "state_noise", "layout_of", "differentiable_grads"]
+__all__ = ["SCHEME_CODES", "NoiseArgs", "diffusion_of", "state_noise", "layout_of"]
 
 #: The schemes the compiled kernels implement, by class (a subclass may change the maths: not listed).
 SCHEME_CODES: dict[type[Diffusion], int] = {EulerMaruyama: 1, Milstein: 2, ReferenceScheme: 3}
@@ -69,30 +68,3 @@ def state_noise(
 
 def layout_of(batch_sizes: Tensor) -> SequenceLayout:
     return SequenceLayout.from_batch_sizes(batch_sizes)
-
-
-def differentiable_grads(
-    outputs: Sequence[Tensor | None],
-    grads: Sequence[Tensor | None],
-    inputs: Sequence[Tensor | None],
-    needs: Sequence[bool],
-) -> list[Tensor | None]:
-    """``autograd.grad(outputs, inputs, grads, create_graph=grad mode)`` for the inputs in ``needs``.
-
-    Inputs that the outputs do not depend on get zeros; inputs not needed get ``None``.
-    """
-    pairs = [(o, g) for o, g in zip(outputs, grads) if o is not None and g is not None and o.requires_grad]
-    wanted = [(i, t) for i, (t, n) in enumerate(zip(inputs, needs)) if n and t is not None]
-    result: list[Tensor | None] = [None] * len(inputs)
-    got: Sequence[Tensor | None] = [None] * len(wanted)
-    if pairs and wanted:
-        got = torch.autograd.grad(
-            [o for o, _ in pairs],
-            [t for _, t in wanted],
-            [g for _, g in pairs],
-            create_graph=torch.is_grad_enabled(),
-            allow_unused=True,
-        )
-    for (i, t), g in zip(wanted, got):
-        result[i] = g if g is not None else torch.zeros_like(t)
-    return result

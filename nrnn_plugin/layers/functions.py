@@ -32,8 +32,8 @@ Fallback to :func:`reference_unroll` (plain autograd), decided per call:
 * a noise coefficient requires grad (the kernels would not differentiate through it);
 * ``torch.func`` transforms (``grad``, ``vmap``, ``jvp``, ...) or forward-mode AD are active.
 
-The backward is ``once_differentiable``: double backward through these kernels raises an error; use
-``nrnn_plugin.layers.use_kernel("reference")`` for higher-order derivatives.
+Double backward (``create_graph=True``) recomputes the layer-direction through the reference with the same noise
+(:mod:`.double_backward`); the biases and additive coefficients are saved for that.
 """
 
 from __future__ import annotations
@@ -44,10 +44,10 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from nrnn_plugin.counter_noise import CounterNoise, StateNoise, as_coefficients
 from nrnn_plugin.diffusion import AffineNoise
+from nrnn_plugin.layers.double_backward import recompute_sequence_grads, reference_noise, wants_graph
 from nrnn_plugin.layers.layout import SequenceLayout
 from nrnn_plugin.layers.reference import reference_unroll
 from nrnn_plugin.layers.signature import MODES, LayerPass
@@ -391,16 +391,29 @@ class LSTMSequence(torch.autograd.Function):
 
         ctx.plan = plan
         saved = (x, w_ih, w_hh, w_hr, h0, c0, out, cells, gates, cell_sigmoid, gate_h, mult_h, gate_c, mult_c)
-        ctx.save_for_backward(*saved)
+        ctx.save_for_backward(*saved, b_ih, b_hh, add_h, add_c)  # the last four: for double backward only
         return out, plan.final(out), plan.final(cells)
 
     @staticmethod
-    @once_differentiable
     def backward(
         ctx: Any, grad_out: Tensor | None, grad_h_n: Tensor | None, grad_c_n: Tensor | None
     ) -> tuple[Any, ...]:
         plan: _StepPlan = ctx.plan
-        x, w_ih, w_hh, w_hr, h0, c0, out, cells, gates, cell_sigmoid, gate_h, mult_h, gate_c, mult_c = ctx.saved_tensors
+        saved = ctx.saved_tensors
+        x, w_ih, w_hh, w_hr, h0, c0, out, cells, gates, cell_sigmoid, gate_h, mult_h, gate_c, mult_c = saved[:14]
+        if wants_graph():  # create_graph=True: differentiable gradients through the reference recomputation
+            b_ih, b_hh, add_h, add_c = saved[14:]
+            grads = recompute_sequence_grads(
+                "LSTM",
+                plan.layout,
+                plan.reverse,
+                (x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0),
+                reference_noise(gate_h, mult_h, add_h, plan.rows),
+                reference_noise(gate_c, mult_c, add_c, plan.rows),
+                (grad_out, grad_h_n, grad_c_n),
+                ctx.needs_input_grad[1:9],
+            )
+            return (None, *grads) + (None,) * 6
         rows, hidden = plan.rows, w_hh.shape[0] // 4
         projected = w_hr is not None
 
@@ -567,14 +580,15 @@ class GRUSequence(torch.autograd.Function):
                 h.addcmul_(ms[t], h_prev)
 
         ctx.plan = plan
-        ctx.save_for_backward(x, w_ih, w_hh, h0, out, hidden_gates, new, gate, mult)
+        ctx.save_for_backward(x, w_ih, w_hh, h0, out, hidden_gates, new, gate, mult, b_ih, b_hh, add)
         return out, plan.final(out)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx: Any, grad_out: Tensor | None, grad_h_n: Tensor | None) -> tuple[Any, ...]:
         plan: _StepPlan = ctx.plan
-        x, w_ih, w_hh, h0, out, hidden_gates, new, gate, mult = ctx.saved_tensors
+        x, w_ih, w_hh, h0, out, hidden_gates, new, gate, mult = ctx.saved_tensors[:9]
+        if wants_graph():
+            return (None, *_single_state_double_backward(ctx, "GRU", 1, grad_out, grad_h_n)) + (None,) * 3
         rows, hidden = plan.rows, w_hh.shape[1]
 
         # ---- everything that does not depend on the incoming gradient, for all rows at once:
@@ -623,6 +637,30 @@ class GRUSequence(torch.autograd.Function):
         grad_input_gates = [grad_hidden[:, : 2 * hidden], d_new.mul_(grad_h)]  # r, z as above; n: dh * d_new
         gx, gw_ih, gw_hh, gb_ih, gb_hh = _weight_grads(needs[1:6], x, w_ih, prev_h, grad_input_gates, grad_hidden)
         return (None, gx, gw_ih, gw_hh, gb_ih, gb_hh, grad_h0) + (None,) * 3
+
+
+def _single_state_double_backward(
+    ctx: Any, mode: str, first: int, grad_out: Tensor | None, grad_h_n: Tensor | None
+) -> list[Tensor | None]:
+    """Differentiable gradients of ``x, w_ih, w_hh, b_ih, b_hh, h0`` of a GRU or Elman kernel (the saved tensors
+    start ``x, w_ih, w_hh, h0`` and end ``gate, mult, b_ih, b_hh, add``; ``first``: index of ``x`` among the
+    Function's inputs)."""
+    plan: _StepPlan = ctx.plan
+    saved = ctx.saved_tensors
+    x, w_ih, w_hh, h0 = saved[:4]
+    gate, mult, b_ih, b_hh, add = saved[-5:]
+    needs = ctx.needs_input_grad[first : first + 6]
+    grads = recompute_sequence_grads(
+        mode,
+        plan.layout,
+        plan.reverse,
+        (x, w_ih, w_hh, b_ih, b_hh, None, h0, None),
+        reference_noise(gate, mult, add, plan.rows),
+        None,
+        (grad_out, grad_h_n, None),
+        (*needs[:5], False, needs[5], False),
+    )
+    return [*grads[:5], grads[6]]
 
 
 # ---------------------------------------------------------------------------------------------- Elman RNN
@@ -695,14 +733,16 @@ class ElmanSequence(torch.autograd.Function):
 
         ctx.plan = plan
         ctx.relu = relu
-        ctx.save_for_backward(x, w_ih, w_hh, h0, out, act, gate, mult)
+        ctx.save_for_backward(x, w_ih, w_hh, h0, out, act, gate, mult, b_ih, b_hh, add)
         return out, plan.final(out)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx: Any, grad_out: Tensor | None, grad_h_n: Tensor | None) -> tuple[Any, ...]:
         plan: _StepPlan = ctx.plan
-        x, w_ih, w_hh, h0, out, act, gate, mult = ctx.saved_tensors
+        if wants_graph():
+            mode = "RNN_RELU" if ctx.relu else "RNN_TANH"
+            return (None, None, *_single_state_double_backward(ctx, mode, 2, grad_out, grad_h_n)) + (None,) * 3
+        x, w_ih, w_hh, h0, out, act, gate, mult, _, _, _ = ctx.saved_tensors
         if ctx.relu:
             slope = torch.sign(act)  # act = relu(u) >= 0: 1 where u > 0, else 0
             if gate is not None:

@@ -14,12 +14,12 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from nrnn_plugin.compiled import kernels as compiled
 from nrnn_plugin.counter_noise import StateNoise, as_coefficients
 from nrnn_plugin.diffusion import AffineNoise
 from nrnn_plugin.layers.choice import compiled_allowed, current_kernel
+from nrnn_plugin.layers.double_backward import differentiable_grads, wants_graph
 from nrnn_plugin.layers.functions import needs_reference
 from nrnn_plugin.layers.layout import SequenceLayout
 from nrnn_plugin.layers.nrnn_reference import nrnn_step, reference_unroll
@@ -90,6 +90,26 @@ def _at(coef: Tensor | float | None, t: int) -> Tensor | float | None:
     return coef[t] if isinstance(coef, Tensor) and coef.dim() == 3 else coef
 
 
+def _reference_sequence(
+    xw: Tensor,
+    h0: Tensor,
+    kernel: Tensor,
+    step: Tensor | float,
+    linear_part: bool,
+    gate: Tensor | float | None,
+    mult: Tensor | float | None,
+    add: Tensor | float | None,
+) -> Tensor:
+    """:class:`NRNNSequence`'s recursion with autograd ops (``[T, B, H]`` coefficients or numbers): ``[T, B, H]``."""
+    h, outs = h0, []
+    for t in range(xw.shape[0]):
+        psi = nrnn_step(xw[t], h, kernel, step, linear_part)
+        noise = AffineNoise(_at(gate, t), _at(mult, t), _at(add, t))
+        h = noise.apply(psi, h)
+        outs.append(h)
+    return torch.stack(outs)
+
+
 class NRNNSequence(torch.autograd.Function):
     """The NRNN recursion over a whole padded sequence with a hand-written backward (BPTT).
 
@@ -97,7 +117,7 @@ class NRNNSequence(torch.autograd.Function):
     returns the states after every step ``[T, B, H]``: ``h_{t+1} = gate_t * Psi(h_t) + mult_t * h_t + add_t``
     with ``Psi`` from :func:`nrnn_step`. Noise coefficients are ``None``, numbers, 0-dim tensors or
     ``[T, B, H or 1]`` tensors, treated as constants. Gradients flow to ``xw``, ``h0``, ``kernel`` and a tensor
-    ``step``. The backward is not differentiable again (use the reference kernel for double backward).
+    ``step``; double backward recomputes through the autograd recursion (:mod:`.double_backward`).
     """
 
     @staticmethod
@@ -150,13 +170,22 @@ class NRNNSequence(torch.autograd.Function):
         ctx.linear_part = linear_part
         ctx.step_value = step if not isinstance(step, Tensor) else None
         ctx.coefs = (gate, mult, add)
-        ctx.save_for_backward(h0, kernel, out, acts, drifts, step if isinstance(step, Tensor) else None)
+        # xw: for double backward only
+        ctx.save_for_backward(h0, kernel, out, acts, drifts, step if isinstance(step, Tensor) else None, xw)
         return out
 
     @staticmethod
-    @once_differentiable
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
-        h0, kernel, out, acts, drifts, step_tensor = ctx.saved_tensors
+        h0, kernel, out, acts, drifts, step_tensor, xw = ctx.saved_tensors
+        if wants_graph():  # create_graph=True: differentiable gradients through the autograd recursion
+            step_arg = step_tensor if step_tensor is not None else ctx.step_value
+            coefs = [c.detach() if isinstance(c, Tensor) else c for c in ctx.coefs]
+            with torch.enable_grad():
+                again = _reference_sequence(xw, h0, kernel, step_arg, ctx.linear_part, *coefs)
+                grads = differentiable_grads(
+                    (again,), (grad_out,), (xw, h0, kernel, step_tensor), ctx.needs_input_grad[:4]
+                )
+            return (*grads, None, None, None, None)
         gate, mult, _ = ctx.coefs
         step = step_tensor if step_tensor is not None else ctx.step_value
         steps, batch, hidden = out.shape

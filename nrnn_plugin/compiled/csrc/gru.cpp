@@ -1,6 +1,6 @@
 // Noisy GRU, one layer and direction (PyTorch's formulation: reset gate applied after the hidden projection).
 //
-// Forward per step: one GEMM HG_t = h_prev W_hh^T, then one loop over the rows:
+// Forward per step: two GEMMs HG_t = h_prev W_hh^T and GI_t = x_t W_ih^T, then one loop over the rows:
 //   r = sig(gi_r + gh_r + b_hr), z = sig(gi_z + gh_z + b_hz), n = tanh(gi_n + r (gh_n + b_hn)),
 //   h = gate (n + z (h_prev - n)) + mult h_prev + add
 // Saved for backward: HG = (r, z, gh_n + b_hn) and n.
@@ -10,23 +10,27 @@
 namespace nrnn {
 namespace {
 
+// The input projection of each step is computed into a small scratch (not an [N, 3H] buffer: the backward does not
+// need it, and writing and reading it costs more than the per-step GEMM).
 template <typename T>
-void forward_loop(const Plan& p, const NoiseSpec<T>& nz, const T* GI, const T* bih, T* HG, T* NEW, const T* Whh,
-                  const T* bhh, const T* h0, T* out, int64_t H) {
+void forward_loop(const Plan& p, const NoiseSpec<T>& nz, const T* X, int64_t I, const T* Wih, const T* bih, T* HG,
+                  T* NEW, const T* Whh, const T* bhh, const T* h0, T* out, int64_t H) {
   const int64_t G3 = 3 * H;
-  std::vector<T> scratch;
+  std::vector<T> scratch, gi_step;
   const int64_t grain = grain_rows(H, 8);
   for (int64_t t : p.order) {
     const int64_t size = p.sizes[t], r0 = p.offs[t];
     const T* hprev = entering<T>(p, t, out, h0, H, scratch);
     mm_nt<T>(size, G3, H, hprev, H, Whh, H, HG + r0 * G3, G3, T(0));
+    gi_step.resize(size * G3);
+    mm_nt<T>(size, G3, I, X + r0 * I, I, Wih, I, gi_step.data(), G3, T(0));
     at::parallel_for(0, size, grain, [&](int64_t b0, int64_t b1) {
       RowNoise<T> nh(nz, 0);
       nh.prepare(r0 + b0, b1 - b0, false);
       for (int64_t b = b0; b < b1; ++b) {
         const int64_t row = r0 + b;
         nh.fill(row);
-        const T* __restrict gi = GI + row * G3;
+        const T* __restrict gi = gi_step.data() + b * G3;
         T* __restrict hg = HG + row * G3;
         T* __restrict nw = NEW + row * H;
         const T* __restrict hp = hprev + b * H;
@@ -99,7 +103,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward(
   const int64_t H = w_hh.size(1);
   TORCH_CHECK(x.dim() == 2 && x.size(0) == p.N, "gru_forward: x must be [N, I] with N = sum(batch_sizes)");
   TORCH_CHECK(h0.sizes() == at::IntArrayRef({p.B, H}), "gru_forward: h0 must be [B, H]");
-  Tensor GI = at::mm(x.contiguous(), w_ih.t()).contiguous();
+  Tensor xc = x.contiguous(), wih = w_ih.contiguous();
   Tensor bih = bias_sum(b_ih, c10::nullopt, 3 * H, x.options()), bhh = bias_sum(b_hh, c10::nullopt, 3 * H, x.options());
   Tensor whh = w_hh.contiguous(), h0c = h0.contiguous();
   Tensor HG = at::empty({p.N, 3 * H}, x.options()), NEW = at::empty({p.N, H}, x.options());
@@ -108,7 +112,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward(
   const std::vector<OptTensor> coefs = {gate, mult, add, c10::nullopt, c10::nullopt, c10::nullopt};
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gru_forward", [&] {
     const auto nz = make_noise<scalar_t>(rng, scheme, sa, sm, dt, shared, scale, keyed, coefs, p.N, units);
-    forward_loop<scalar_t>(p, nz, GI.data_ptr<scalar_t>(), bih.data_ptr<scalar_t>(), HG.data_ptr<scalar_t>(), NEW.data_ptr<scalar_t>(),
+    forward_loop<scalar_t>(p, nz, xc.data_ptr<scalar_t>(), x.size(1), wih.data_ptr<scalar_t>(),
+                           bih.data_ptr<scalar_t>(), HG.data_ptr<scalar_t>(), NEW.data_ptr<scalar_t>(),
                            whh.data_ptr<scalar_t>(), bhh.data_ptr<scalar_t>(),
                            h0c.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), H);
   });
