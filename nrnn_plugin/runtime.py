@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import ClassVar, Protocol, cast, runtime_checkable
+from typing import ClassVar, NoReturn, Protocol, cast, runtime_checkable
 
 import torch
 from torch import nn
@@ -44,6 +44,8 @@ __all__ = [
     "set_noise_level",
     "recording",
     "replaying",
+    "refuse_capture",
+    "refuse_scripting",
 ]
 
 _ATTRIBUTE = "_nrnn_runtime"
@@ -165,6 +167,7 @@ class NoiseRuntime:
         )
         return cast("list[dict[str, AffineNoise]]", drawn)
 
+    @torch.compiler.disable  # torch.compile: draws run eagerly (a graph break), so streams advance as in eager
     def draw_lazy(
         self,
         rows: int,
@@ -186,6 +189,7 @@ class NoiseRuntime:
         ``[rows, 1]`` for a shared multiplicative factor), or, with ``lazy`` and a draw of the counter-based
         stream, a :class:`~nrnn_plugin.counter_noise.CounterNoise` that the kernel generates itself.
         """
+        refuse_capture(self.source.name)
         diffusion = self.diffusion()
         copies = max(directions, 1)
         scale = self._switches.scale
@@ -221,6 +225,36 @@ class NoiseRuntime:
                     block = block_of_direction[:, i * width : (i + 1) * width]
                     per_direction[target] = diffusion.coefficients(block, units).scaled(scale)
         return result
+
+
+# ---------------------------------------------------------------------------------------------- capture
+
+
+def refuse_capture(name: str) -> None:
+    """Raise when a noise draw happens under ``torch.jit.trace`` or ``torch.export`` (also ``torch.onnx``): the
+    captured graph would freeze this one draw as a constant. ``name``: the noise stream (module) drawing."""
+    if torch.jit.is_tracing():
+        what = "torch.jit.trace"
+    elif torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export():
+        what = "torch.export / torch.onnx.export"
+    else:
+        return
+    raise RuntimeError(
+        f"{what} of a forward that injects noise (module {name!r} is in training mode or has noise forced on): the "
+        "graph would freeze one noise draw as a constant. Trace or export the eval model (model.eval(): a noisy "
+        "module's eval forward is the plain module's), or call nrnn_plugin.remove_noise(model) first"
+    )
+
+
+def refuse_scripting(module: object) -> NoReturn:
+    """``__prepare_scriptable__`` of the noisy classes: TorchScript cannot compile noise injection (and replacing the
+    module here would strip the noise from the live model, since ``torch.jit.script`` writes it back)."""
+    raise RuntimeError(
+        f"torch.jit.script: {type(module).__name__} is a noisy module (nrnn_plugin.register_noise) and noise "
+        "injection is Python that TorchScript cannot compile. Script the plain model, whose forward is the noisy "
+        "module's eval forward: torch.jit.script(nrnn_plugin.remove_noise(copy.deepcopy(model)).eval()) (or "
+        "nrnn_plugin.remove_noise(model) after training); torch.export works on the eval model as it is"
+    )
 
 
 # ---------------------------------------------------------------------------------------------- access

@@ -155,6 +155,15 @@ def _build() -> None:
     )
 
 
+def _register_gaussian_fake() -> None:
+    """Shapes of ``nrnn::gaussian`` for ``torch.compile`` / ``torch.export`` (the other operators: ``ops.py``)."""
+
+    def fake(seed: int, offset: int, start: int, count: int) -> torch.Tensor:
+        return torch.empty(count, dtype=torch.float32)
+
+    torch.library.register_fake("nrnn::gaussian")(fake)
+
+
 def load() -> bool:
     """Load the compiled kernels if ``NRNN_KERNELS`` allows it (building them on first use); True when loaded.
 
@@ -163,6 +172,8 @@ def load() -> bool:
     Raises:
         RuntimeError: ``NRNN_KERNELS=compiled`` and they cannot be built or loaded.
     """
+    if "loaded" in _state:  # decided: no lock (also traceable by torch.compile)
+        return bool(_state["loaded"])
     with _lock:
         if "loaded" not in _state:
             choice = _choice()
@@ -171,6 +182,7 @@ def load() -> bool:
             else:
                 try:
                     _build()
+                    _register_gaussian_fake()
                     _state.update(loaded=True, reason="loaded")
                 except Exception as exc:  # a missing compiler, a failing build, a library that does not load
                     reason = " ".join(str(exc).split())[:300] or type(exc).__name__

@@ -331,6 +331,8 @@ def _device_impl(
 def register() -> bool:
     """Load the compiled kernels (:func:`nrnn_plugin.compiled.build.load`) and register everything once; True
     when the operators are usable."""
+    if _registered:  # the common case, without the lock (also traceable by torch.compile)
+        return True
     if not build.load():
         return False
     with _lock:

@@ -7,7 +7,7 @@ drawn once per call (one step) from the module's noise source. Unbatched input (
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, NoReturn
 
 import torch
 from torch import Tensor, nn
@@ -16,7 +16,7 @@ from nrnn_plugin.config import NoiseConfig
 from nrnn_plugin.diffusion import AffineNoise
 from nrnn_plugin.layers.precision import autocast_dtype
 from nrnn_plugin.layers.reference import lstm_cell
-from nrnn_plugin.runtime import NoiseRuntime, runtime_of
+from nrnn_plugin.runtime import NoiseRuntime, refuse_scripting, runtime_of
 
 __all__ = ["NoisyRNNCell", "NoisyLSTMCell", "NoisyGRUCell", "NoisyCellMixin"]
 
@@ -35,6 +35,9 @@ class NoisyCellMixin:
                 f"NoiseConfig.target: expected 'h' or 'both' for {type(module).__name__} (it has no cell state), "
                 "got 'c'"
             )
+
+    def __prepare_scriptable__(self) -> NoReturn:
+        refuse_scripting(self)  # torch.jit.script of a noisy module: an error that says what to do
 
     def _draw(self, runtime: NoiseRuntime, rows: int, targets: tuple[str, ...], like: Tensor) -> dict[str, AffineNoise]:
         dtype = autocast_dtype(like.device.type) or like.dtype

@@ -41,7 +41,7 @@ Shapes follow ``nn.RNN``: input ``[T, B, I]`` (``[B, T, I]`` with ``batch_first`
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn
 
 import torch
 import torch.nn.functional as F
@@ -54,7 +54,7 @@ from nrnn_plugin.layers.layout import SequenceLayout
 from nrnn_plugin.layers.nrnn_drift import DriftParameters, structured_matrix
 from nrnn_plugin.layers.nrnn_kernel import nrnn_step, unroll
 from nrnn_plugin.layers.sequence_io import batched_state, flatten_input, prepare_state, restore_output, restore_state
-from nrnn_plugin.runtime import NoiseRuntime, runtime_of
+from nrnn_plugin.runtime import NoiseRuntime, refuse_scripting, runtime_of
 from nrnn_plugin.validation import check_bool, check_int, check_real
 
 __all__ = ["NRNN", "NRNNCell", "NoisyNRNN", "NoisyNRNNCell", "structured_matrix"]
@@ -364,6 +364,10 @@ class NoisyNRNN(NRNN):
         """Reject ``target='c'`` (the NRNN has a hidden state only)."""
         _validate(module, config)
 
+    def __prepare_scriptable__(self) -> NoReturn:
+        refuse_scripting(self)
+
+    @torch.compiler.disable  # torch.compile: runs eagerly (a graph break), as the noisy RNN modules do
     def forward(
         self, input: Tensor | PackedSequence, hx: Tensor | None = None
     ) -> tuple[Tensor | PackedSequence, Tensor]:  # noqa: A002
@@ -382,6 +386,9 @@ class NoisyNRNNCell(NRNNCell):
     def nrnn_validate(cls, module: nn.Module, config: NoiseConfig) -> None:
         """Reject ``target='c'`` (the NRNN has a hidden state only)."""
         _validate(module, config)
+
+    def __prepare_scriptable__(self) -> NoReturn:
+        refuse_scripting(self)
 
     def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:  # noqa: A002
         runtime = runtime_of(self)

@@ -43,12 +43,17 @@ def unroll(
     Runs the compiled kernel where the current choice allows it (CPU, float32/float64), else
     :class:`NRNNSequence` for padded input, else the autograd unroll (see the module docstring).
     """
-    if current_kernel() != "reference" and not needs_reference(noise):
+    if current_kernel() != "reference" and not needs_reference(noise) and not _capturing():
         if compiled_allowed() and compiled.nrnn_applies(xw, kernel, step):
             return compiled.nrnn(xw, layout, kernel, step, h0, noise, reverse)
         if layout.uniform:
             return _sequence_kernel(xw, layout, kernel, step, linear_part, h0, as_coefficients(noise, xw), reverse)
     return reference_unroll(xw, layout, kernel, step, linear_part, h0, noise, reverse=reverse)
+
+
+def _capturing() -> bool:
+    """Under ``torch.jit.trace``, ``torch.export`` or ``torch.onnx.export``: the plain autograd ops are exported."""
+    return torch.jit.is_tracing() or torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
 
 
 def _step_coefficient(coef: Tensor | float | None, steps: int, batch: int) -> Tensor | float | None:

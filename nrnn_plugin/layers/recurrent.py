@@ -11,7 +11,7 @@ of ``hidden_size`` units). The kernel each layer runs is chosen by :mod:`.kernel
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +34,7 @@ from nrnn_plugin.layers.sequence_io import (
     zero_state,
 )
 from nrnn_plugin.layers.signature import LayerPass, layer_weights
-from nrnn_plugin.runtime import NoiseRuntime, runtime_of
+from nrnn_plugin.runtime import NoiseRuntime, refuse_scripting, runtime_of
 
 __all__ = ["NoisyRNN", "NoisyLSTM", "NoisyGRU", "NoisyRecurrentMixin", "noisy_sequence_forward"]
 
@@ -52,6 +52,12 @@ class NoisyRecurrentMixin:
         if config.target == "c" and getattr(module, "mode", "") != "LSTM":
             raise ValueError(f"NoiseConfig.target: expected 'h' or 'both' for {name} (it has no cell state), got 'c'")
 
+    def __prepare_scriptable__(self) -> NoReturn:
+        refuse_scripting(self)  # torch.jit.script of a noisy module: an error that says what to do
+
+    # torch.compile: a graph break here, as Dynamo makes for a plain nn.RNN/LSTM/GRU; the noisy forward (and the
+    # eval forward) run eagerly, with the noise stream advancing exactly as without compile
+    @torch.compiler.disable
     def forward(self, input: Tensor | PackedSequence, hx: Any = None) -> Any:  # noqa: A002 (torch's name)
         assert isinstance(self, nn.RNNBase)
         runtime = runtime_of(self)

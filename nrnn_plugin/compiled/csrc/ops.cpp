@@ -30,7 +30,7 @@ Tensor gaussian(int64_t seed, int64_t offset, int64_t start, int64_t count) {
   "Tensor rng, int scheme, float sigma_add, float sigma_mult, float dt, bool shared, float scale, int keyed"
 
 TORCH_LIBRARY(nrnn, m) {
-  m.def("gaussian(int seed, int offset, int start, int count) -> Tensor", &nrnn::gaussian);
+  m.def("gaussian(int seed, int offset, int start, int count) -> Tensor");
   m.def("lstm_forward(Tensor x, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, Tensor h0, "
         "Tensor c0, Tensor batch_sizes, bool reverse, " NRNN_NOISE_ARGS ", Tensor? gate_h, Tensor? mult_h, "
         "Tensor? add_h, Tensor? gate_c, Tensor? mult_c, Tensor? add_c) "
@@ -58,6 +58,9 @@ TORCH_LIBRARY(nrnn, m) {
         "Tensor h0, Tensor out, Tensor act, Tensor drift, Tensor batch_sizes, bool reverse, " NRNN_NOISE_ARGS
         ", Tensor? gate, Tensor? mult, int needs) -> (Tensor, Tensor, Tensor, Tensor)");
 }
+
+// no tensor arguments: one implementation for every dispatch key except Meta/fake (registered from Python)
+TORCH_LIBRARY_IMPL(nrnn, CompositeExplicitAutograd, m) { m.impl("gaussian", &nrnn::gaussian); }
 
 TORCH_LIBRARY_IMPL(nrnn, CPU, m) {
   m.impl("lstm_forward", &nrnn::lstm_forward);
