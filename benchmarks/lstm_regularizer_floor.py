@@ -8,7 +8,7 @@ Three training steps of the same LSTM (B=64, T=96, H=64, input 16) + linear read
   Gaussian draw, and two fused LSTM passes on ``[x, +a]`` and ``[x, -a]`` (the exact additive-noise fast
   path, THEORY.md section 7) averaged and backpropagated.
 
-Each step is timed against ``plain`` with :func:`nrnn_plugin.benchmarking.time_pair` (interleaved rounds, median
+Each step is timed against ``plain`` with :func:`nrnn_plugin.app.benchmarking.time_pair` (interleaved rounds, median
 of per-round ratios). Process CPU time with one thread by default (robust on a shared machine)::
 
     .venv/bin/python benchmarks/lstm_regularizer_floor.py [--rounds 25] [--threads 1] [--clock cpu]
