@@ -58,6 +58,7 @@ def test_lightning_cli_example_trains_with_the_callback_from_its_yaml(tmp_path):
 
     env = {key: value for key, value in os.environ.items() if not key.startswith("NRNN_")}
     env["NRNN_ADDITIVE"] = "0.2"  # use_env: true in the YAML, so the environment overrides its level
+    env.setdefault("OMP_NUM_THREADS", "1")  # a tiny model: one thread, no workers spinning on a busy machine
     command = [
         sys.executable,
         str(EXAMPLES / "lightning_cli.py"),

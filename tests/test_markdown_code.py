@@ -7,10 +7,13 @@ one of these HTML comments (invisible on GitHub and in the site):
 * ``<!-- not-run: <reason> -->``: the block is only compiled (it needs a user's own model, a GPU, minutes ...);
 * ``<!-- continue -->``: the block runs in the namespace of the page's previous block.
 
-Tracebacks point at the page and its line numbers. This is a small collector of its own rather than
-pytest-markdown-docs: that plugin's switch also collects the docstrings of every test module (importing each
-a second time, outside ``--import-mode=importlib``), and its per-block options in the fence's info string are
-not understood by MkDocs' fenced-code extension.
+Tracebacks point at the page and its line numbers. The blocks run with one compute thread (``OMP_NUM_THREADS=1``)
+unless the environment sets another number.
+
+This is a small collector of its own rather than pytest-markdown-docs: that plugin's switch also collects the
+docstrings of every test module (importing each a second time, outside ``--import-mode=importlib``), and its
+per-block options go into the fence's info string, where ```` ```python notest ```` breaks the fence in MkDocs
+and the brace form MkDocs accepts is not highlighted on GitHub.
 """
 
 from __future__ import annotations
@@ -152,6 +155,9 @@ def _run_page(path: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     ]
     env = {key: value for key, value in os.environ.items() if not key.startswith("NRNN_")}
     env["MPLBACKEND"] = "Agg"
+    # One compute thread unless the caller chose: these small models are fastest on one, and on a busy 2-core
+    # machine idle OpenMP workers spinning for a core made the README's blocks 8x slower (186 s against 22 s).
+    env.setdefault("OMP_NUM_THREADS", "1")
     return subprocess.run(
         [sys.executable, "-c", RUNNER],
         input=json.dumps(blocks),
