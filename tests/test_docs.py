@@ -328,3 +328,16 @@ def test_the_design_page_states_the_rules_the_architecture_test_enforces():
         assert statement in design, statement
     assert "400 lines" in design and "`layers/functions.py`" in design
     assert "```mermaid" in design  # the rooms are drawn
+
+
+def test_ci_runs_exactly_the_readmes_test_command():
+    """``.ci/run`` runs the README's second set-up command (set-up, then the whole test suite) and nothing else."""
+    readme = (ROOT / "README.md").read_text()
+    commands = [line.split("#")[0].strip() for line in readme.splitlines() if line.startswith("bash scripts/setup.sh")]
+    assert commands == [
+        "bash scripts/setup.sh && .venv/bin/nrnn demo",
+        "bash scripts/setup.sh && .venv/bin/python -m pytest",
+    ]
+    ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    steps = [line for line in ci if line and not line.startswith(("#", "set ", "cd "))]
+    assert steps == [commands[1]]
