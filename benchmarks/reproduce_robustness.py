@@ -1,4 +1,4 @@
-"""Reproduce the Noisy RNN robustness claim (THEORY.md section 6) on offline real data, on CPU.
+"""Reproduce the Noisy RNN robustness claim (``docs/robustness.md``) on offline real data, on CPU.
 
 One command, results under ``benchmarks/results/`` (small CSV / PNG / Markdown)::
 

@@ -112,7 +112,7 @@ class BenchResult:
 
 
 def format_regularizer_table(rows: list[dict[str, Any]]) -> str:
-    """A Markdown table of :func:`nrnn_plugin.regularizer.benchmark` rows."""
+    """A Markdown table of :func:`regularizer_benchmark` rows."""
     header = [
         "cell",
         "additive",

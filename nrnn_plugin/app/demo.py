@@ -9,8 +9,8 @@ Recipe (every number is in :data:`DEFAULT` / :data:`QUICK`):
 2. ``RecurrentNetwork`` (one LSTM layer) from ``TimeSeriesDataSet``: 52 weeks in, 13 weeks out (decoded
    autoregressively in evaluation: a real 13-week forecast), MAE loss.
 3. For every training seed, the *same* model is trained twice with the same seed, data order and epoch
-   budget: once plainly, once with :class:`~nrnn_plugin.lightning.NoisyRNNCallback` (additive hidden-state
-   noise; the noise stream is seeded by the training seed). Nothing else differs.
+   budget: once plainly, once with :class:`~nrnn_plugin.integrations.lightning.NoisyRNNCallback` (additive
+   hidden-state noise; the noise stream is seeded by the training seed). Nothing else differs.
 4. Both are evaluated noise-free on the test windows, clean and with perturbed (normalised) encoder inputs:
    white noise, salt and pepper, FGSM and PGD (:func:`nrnn_plugin.robustness.evaluate`).
 5. Output: the comparison table (MAE, mean ± std over training seeds x perturbation seeds) on stdout,
