@@ -28,6 +28,8 @@ What this module adds:
   hidden-state noise switched on at prediction (every sample row draws its own noise); a model without a
   likelihood gets a parameter-free ``MonteCarloDropout(p=0)`` marker for the call, so Darts allows
   ``num_samples > 1``.
+* :func:`forecaster`: the trained model as a point forecaster of context windows for the robustness suite
+  (task ``"point_forecast"``, :mod:`nrnn_plugin.adapters.point_forecast`).
 * :func:`darts_loss`: the regularizer's loss closure for Darts modules (``training_step`` without its logging
   and metric updates), provided through the ``nrnn_loss_closure`` hook (:mod:`nrnn_plugin.adapters.frameworks`).
 """
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 from darts.models.forecasting.torch_forecasting_model import TorchForecastingModel
@@ -44,6 +47,7 @@ from darts.utils.data.torch_datasets.utils import ModuleStage
 from darts.utils.torch import MonteCarloDropout
 from torch import Tensor
 
+from nrnn_plugin.adapters.point_forecast import Forecaster
 from nrnn_plugin.config import NoiseConfig
 from nrnn_plugin.inference import sampling_noise
 from nrnn_plugin.integrations.lightning import NoisyRNNCallback
@@ -56,6 +60,7 @@ __all__ = [
     "noise_config",
     "hidden_noise",
     "predict_samples",
+    "forecaster",
     "darts_loss",
 ]
 
@@ -156,6 +161,46 @@ def predict_samples(
     """
     with hidden_noise(model, config, seed=seed, scale=scale):
         return model.predict(n, num_samples=num_samples, **predict_kwargs)
+
+
+class _DartsForecaster(Forecaster):
+    """Darts' own autoregressive roll-out (``_get_batch_prediction``) on a context window, differentiable."""
+
+    def __init__(self, net: Any, horizon: int, shift: float, scale: float) -> None:
+        super().__init__(net, horizon)
+        self.shift, self.unit = float(shift), float(scale)
+
+    def forward(self, inputs: dict[str, Tensor]) -> Tensor:
+        x = (self.series_units(inputs) - self.shift) / self.unit
+        batch = SimpleNamespace(
+            past_target=x,
+            past_covariates=None,
+            future_past_covariates=None,
+            historic_future_covariates=None,
+            future_covariates=None,
+            static_covariates=None,
+        )
+        out: Tensor = self.net._get_batch_prediction(self.horizon, batch, self.net.output_chunk_length)
+        return out[..., 0] * self.unit + self.shift
+
+
+def forecaster(model: Any, horizon: int, *, shift: float = 0.0, scale: float = 1.0) -> Forecaster:
+    """A fitted univariate Darts model without covariates as a point forecaster (``"point_forecast"`` task).
+
+    Args:
+        model: e.g. ``RNNModel`` or ``BlockRNNModel``, deterministic (no likelihood).
+        horizon: forecast steps ``H``.
+        shift, scale: the model was trained on ``(y - shift) / scale`` (a standardised series, or the parameters
+            of the ``Scaler`` used); forecasts come back in the units of ``y``.
+
+    The forecaster's input context must have the model's ``input_chunk_length`` steps.
+    """
+    _check_model(model, "forecaster")
+    if model.model is None:
+        raise ValueError("forecaster: the model has no trained module yet; call fit() (or load a model) first")
+    if model.model.likelihood is not None:
+        raise ValueError("forecaster: point forecasts need a deterministic model (likelihood=None)")
+    return _DartsForecaster(model.model, horizon, shift, scale)
 
 
 def darts_loss(module: Any, batch: Any, batch_idx: int) -> Tensor:

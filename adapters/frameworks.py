@@ -10,6 +10,9 @@ per framework is the regularizer's loss closure, which this plugin provides thro
   ``training_step`` also appends to ``train_trajectories``);
 * GluonTS (``DeepARLightningModule``): none needed, its ``training_step`` only logs besides the loss.
 
+It also provides the robustness suite's ``"point_forecast"`` task (:mod:`nrnn_plugin.adapters.point_forecast`):
+the frameworks' models wrapped as point forecasters of context windows.
+
 This module imports no framework: modules are recognised by their classes' module names, and the framework's
 adapter module is imported only when one of its modules is met (the framework is then already imported).
 The user-facing helpers live in :mod:`nrnn_plugin.adapters.darts`, :mod:`nrnn_plugin.adapters.neuralforecast`
@@ -46,6 +49,16 @@ def nrnn_loss_closure(module: nn.Module) -> Any:
 
 
 @hookimpl
+def nrnn_robustness_task(batches: list[tuple[Any, Any]], task: str) -> Any:
+    if task not in ("auto", "point_forecast"):
+        return None
+    tasks = importlib.import_module("nrnn_plugin.adapters.point_forecast")
+    if not all(tasks.is_point_forecast_batch(batch) for batch in batches):
+        return None
+    return tasks.PointForecastTask(batches)
+
+
+@hookimpl
 def nrnn_adapter_info() -> dict[str, Any]:
     installed = [name for name in _FRAMEWORKS if importlib.util.find_spec(name) is not None]
     missing = "none of darts, neuralforecast, gluonts is installed (pip install 'nrnn-plugin[darts]', ...)"
@@ -53,5 +66,6 @@ def nrnn_adapter_info() -> dict[str, Any]:
         "name": "frameworks",
         "available": bool(installed),
         "reason": "" if installed else missing,
-        "handles": [f"{defining}.{name} (loss closure)" for _, defining, name, _, _ in FAMILIES],
+        "handles": [f"{defining}.{name} (loss closure)" for _, defining, name, _, _ in FAMILIES]
+        + ["robustness task 'point_forecast'"],
     }

@@ -26,6 +26,8 @@ allow-listed by torch), and the callback's state in it continues the noise strea
 
 :func:`sample_paths` draws Monte Carlo hidden-noise forecast paths: the series are tiled into ``n_samples``
 copies (one predict, every copy its own noise) and the result gets a ``sample`` column.
+:func:`forecaster` wraps a trained direct model (``recurrent=False``) as a point forecaster of context windows for
+the robustness suite (task ``"point_forecast"``, :mod:`nrnn_plugin.adapters.point_forecast`).
 :func:`neuralforecast_loss` is the regularizer's loss closure for these models (through the
 ``nrnn_loss_closure`` hook of :mod:`nrnn_plugin.adapters.frameworks`).
 """
@@ -37,11 +39,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pandas as pd
+import torch
 from neuralforecast import NeuralForecast
 from neuralforecast.common._base_auto import BaseAuto
 from neuralforecast.common._base_model import BaseModel
 from torch import Tensor
 
+from nrnn_plugin.adapters.point_forecast import Forecaster
 from nrnn_plugin.config import NoiseConfig
 from nrnn_plugin.inference import sampling_noise
 from nrnn_plugin.integrations.lightning import NoisyRNNCallback
@@ -49,7 +53,7 @@ from nrnn_plugin.integrations.steps import default_loss_closure
 from nrnn_plugin.swap import is_noisy, register_noise, remove_noise
 from nrnn_plugin.validation import check_int
 
-__all__ = ["noisy_callbacks", "attach", "hidden_noise", "sample_paths", "neuralforecast_loss", "SAMPLE"]
+__all__ = ["noisy_callbacks", "attach", "hidden_noise", "sample_paths", "forecaster", "neuralforecast_loss", "SAMPLE"]
 
 #: The column :func:`sample_paths` adds (the Monte Carlo path index).
 SAMPLE = "sample"
@@ -167,6 +171,44 @@ def sample_paths(
     forecast = forecast.assign(unique_id=[uid for uid, _ in origin])
     forecast.insert(1, SAMPLE, [k for _, k in origin])
     return forecast.sort_values(["unique_id", SAMPLE, "ds"], kind="stable", ignore_index=True)
+
+
+class _NeuralForecastForecaster(Forecaster):
+    """The model's own window normalisation, network and inverse normalisation on a context window."""
+
+    def forward(self, inputs: dict[str, Tensor]) -> Tensor:
+        net: Any = self.net
+        y = self.series_units(inputs)  # [B, L, 1]
+        mask = torch.ones_like(y)
+        z = net.scaler.transform(x=y, mask=mask)  # per-window statistics, kept in net.scaler for the inverse
+        shift, unit = net.scaler.x_shift, net.scaler.x_scale
+        batch = {"insample_y": z, "insample_mask": mask, "futr_exog": None, "hist_exog": None, "stat_exog": None}
+        out = net.loss.domain_map(net(batch))  # [B, h, 1] in normalised units
+        forecast: Tensor = net.scaler.inverse_transform(z=out, x_scale=unit, x_shift=shift)
+        return forecast[:, : self.horizon, 0]
+
+
+def forecaster(target: Any) -> Forecaster:
+    """A fitted univariate direct model (``LSTM``, ``GRU``, ``RNN`` with ``recurrent=False``, no exogenous inputs,
+    a point loss) as a point forecaster of its ``h`` steps from ``input_size`` context steps.
+
+    ``target``: a ``NeuralForecast`` with exactly one model, or the model.
+    """
+    (model,) = _one(target)
+    if model.RECURRENT:
+        raise ValueError("forecaster: recurrent=True models predict step by step; use a direct model (recurrent=False)")
+    if model.loss.is_distribution_output or model.loss.outputsize_multiplier != 1:
+        raise ValueError("forecaster: point forecasts need a point loss (e.g. MAE, MSE)")
+    if len(model.hist_exog_list) or len(model.futr_exog_list) or len(model.stat_exog_list):
+        raise ValueError("forecaster: models with exogenous inputs are not supported")
+    return _NeuralForecastForecaster(model, model.h)
+
+
+def _one(target: Any) -> list[Any]:
+    models = _models(target, "forecaster")
+    if len(models) != 1:
+        raise ValueError(f"forecaster: expected one model, {type(target).__name__} has {len(models)}")
+    return models
 
 
 def neuralforecast_loss(module: Any, batch: Any, batch_idx: int) -> Tensor:

@@ -230,3 +230,24 @@ def test_hidden_noise_needs_a_config_and_a_trained_model():
     with pytest.raises(ValueError, match="pass config=NoiseConfig"):
         ndarts.predict_samples(model, 2, num_samples=2)
     assert ndarts.predict_samples(model, 2, num_samples=4, config=CONFIG, seed=1).all_values().shape == (2, 1, 4)
+
+
+@pytest.mark.parametrize("name", ["RNNModel-LSTM", "BlockRNNModel-GRU"])
+def test_forecaster_reproduces_predict_and_runs_in_the_robustness_suite(name):
+    from nrnn_plugin.adapters.point_forecast import windows
+    from nrnn_plugin.robustness import evaluate
+
+    values = SERIES.values()[:, 0].astype(np.float64) * 3.0 + 5.0  # a series in its own units
+    scaled = TimeSeries.from_values(((values - 5.0) / 3.0).astype(np.float32))
+    model = MODELS[name]([NoisyRNNCallback(CONFIG)])
+    model.fit(scaled[:100])
+    forecaster = ndarts.forecaster(model, 6, shift=5.0, scale=3.0)
+    batches = windows(values, 8, 6, [100, 104], loc=float(values.mean()), scale=float(values.std()))
+    with torch.no_grad():
+        first = forecaster.eval()(batches[0][0])[0].numpy()
+    np.testing.assert_allclose(first, model.predict(6).values()[:, 0] * 3.0 + 5.0, rtol=1e-5, atol=1e-5)
+    results = evaluate({"model": forecaster}, batches, perturbations={"white_noise": [0.0, 0.4], "fgsm": [0.1]})
+    mae = results[results.metric == "mae"].set_index("perturbation").value
+    assert mae["fgsm"] > mae["white_noise"].min()  # the attack (through Darts' own roll-out) hurts
+    with pytest.raises(ValueError, match="no trained module yet"):
+        ndarts.forecaster(_rnn("GRU", []), 2)

@@ -149,3 +149,25 @@ def test_monte_carlo_forecasts_with_hidden_noise(tmp_path):
     assert type(predictor.prediction_net.model.rnn) is nn.LSTM  # registration undone
     with pytest.raises(TypeError, match="config must be a NoiseConfig"):
         ngl.forecasts(predictor, DATA, {"additive": 0.1})
+
+
+def test_forecaster_is_the_mean_path_and_runs_in_the_robustness_suite(tmp_path):
+    from nrnn_plugin.adapters.point_forecast import PointForecastTask
+    from nrnn_plugin.robustness import evaluate
+    from nrnn_plugin.robustness.evaluate import _make_task
+
+    train = ListDataset([{"start": pd.Period("1900", "Y"), "target": VALUES[:140]}], freq="Y")
+    predictor = _estimator([NoisyRNNCallback(CONFIG)], tmp_path, max_epochs=2).train(train)
+    loc, scale = float(VALUES[:140].mean()), float(VALUES[:140].std())
+    batches = ngl.windows(predictor, VALUES, pd.Period("1900", "Y"), "Y", [140, 150], loc=loc, scale=scale)
+    assert type(_make_task("auto", batches, 8)) is PointForecastTask
+    forecaster = ngl.forecaster(predictor)
+    with torch.no_grad():
+        mean_path = forecaster.eval()(batches[0][0])
+    torch.manual_seed(0)
+    (forecast,) = list(predictor.predict(train, num_samples=4000))
+    first = forecast.samples[:, 0]  # the first step's distribution is the same for every path
+    assert abs(float(mean_path[0, 0]) - first.mean()) < 4 * first.std() / np.sqrt(len(first))
+    results = evaluate({"model": forecaster}, batches, perturbations={"white_noise": [0.0, 0.4], "fgsm": [0.1]})
+    assert set(results.perturbation) == {"white_noise", "fgsm"} and results.value.notna().all()
+    assert "output_distribution" not in vars(predictor.prediction_net.model)  # the mean-path patch is undone

@@ -196,3 +196,23 @@ def test_hidden_noise_without_config_is_an_error():
     with pytest.raises(ValueError, match="pass config=NoiseConfig"):
         nnf.sample_paths(nf, DF, n_samples=2)
     assert len(nnf.sample_paths(nf, DF, n_samples=2, config=CONFIG)) == 12
+
+
+def test_forecaster_reproduces_predict_and_runs_in_the_robustness_suite():
+    from nrnn_plugin.adapters.point_forecast import windows
+    from nrnn_plugin.robustness import evaluate
+
+    nf = NeuralForecast(models=[_small(LSTM, [NoisyRNNCallback(CONFIG)])], freq="ME")
+    nf.fit(df=DF.iloc[:-12])
+    values = DF["y"].to_numpy()
+    forecaster = nnf.forecaster(nf)
+    batches = windows(values, 12, 6, [132, 138], loc=float(values[:132].mean()), scale=float(values[:132].std()))
+    with torch.no_grad():
+        first = forecaster.eval()(batches[0][0])[0].numpy()
+    np.testing.assert_allclose(first, nf.predict()["LSTM"].to_numpy(), rtol=1e-5)
+    results = evaluate({"model": forecaster}, batches, perturbations={"white_noise": [0.0, 0.4], "pgd": [0.1]})
+    assert set(results.perturbation) == {"white_noise", "pgd"} and results.value.notna().all()
+    with pytest.raises(ValueError, match="recurrent=True models predict step by step"):
+        recurrent = NeuralForecast(models=[_small(GRU, [], recurrent=True, max_steps=1)], freq="ME")
+        recurrent.fit(df=DF)
+        nnf.forecaster(recurrent)
