@@ -171,3 +171,22 @@ def test_forecaster_is_the_mean_path_and_runs_in_the_robustness_suite(tmp_path):
     results = evaluate({"model": forecaster}, batches, perturbations={"white_noise": [0.0, 0.4], "fgsm": [0.1]})
     assert set(results.perturbation) == {"white_noise", "fgsm"} and results.value.notna().all()
     assert "output_distribution" not in vars(predictor.prediction_net.model)  # the mean-path patch is undone
+
+
+def test_example_smoke_run_writes_its_report(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("statsmodels")
+    script = Path(__file__).resolve().parent.parent / "examples" / "frameworks" / "gluonts_co2.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--smoke", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = (tmp_path / "gluonts_co2_smoke.md").read_text()
+    assert "| clean | 0 |" in report and "| pgd | 0.1 |" in report and "fit wall time per model" in report
