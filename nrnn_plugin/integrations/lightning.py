@@ -87,7 +87,8 @@ class NoisyRNNCallback(_CallbackBase):
             (``NRNN_ENABLED=0`` switches a configured pipeline off, ``NRNN_ADDITIVE=0.1`` changes the level).
         loss_closure: ``closure(module, batch, batch_idx) -> loss`` used by the explicit regularizer to
             recompute the training loss on the same batch without side effects. The default is the closure a
-            plugin provides for the module's family (``nrnn_loss_closure`` hook: pytorch-forecasting models),
+            plugin provides for the module's family (``nrnn_loss_closure`` hook: pytorch-forecasting, Darts and
+            NeuralForecast models),
             else :func:`default_loss_closure` (LightningModules whose ``training_step`` only logs besides
             computing the loss).
 
