@@ -5,7 +5,7 @@
 #   plots), dev (tests). pandas 3.
 # * .venv-gluonts: gluonts, data, dev. GluonTS pins pandas<3, which would downgrade pandas for the whole project
 #   environment, so it gets its own; the test suite run from .venv runs tests/test_gluonts.py there
-#   (tests/test_gluonts_environment.py). NRNN_SKIP_GLUONTS_ENV=1 skips creating it.
+#   (tests/test_framework_environments.py). NRNN_SKIP_GLUONTS_ENV=1 skips creating it.
 #
 # Idempotent: a second run only checks that everything is installed.
 set -euo pipefail

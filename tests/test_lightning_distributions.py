@@ -24,8 +24,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-L = pytest.importorskip("lightning.pytorch")
-PL = pytest.importorskip("pytorch_lightning")
+pytest.importorskip("lightning.pytorch")
+pytest.importorskip("pytorch_lightning")
+import lightning.pytorch as L  # noqa: E402
+import pytorch_lightning as PL  # noqa: E402
 
 import nrnn_plugin as nrnn  # noqa: E402
 from nrnn_plugin.integrations.lightning import REG_METRIC, NoisyRNNCallback  # noqa: E402

@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--smoke", action="store_true", help="2 seeds, 2 epochs, one noise level")
-    parser.add_argument("--out", type=Path, default=Path("docs/frameworks"))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/frameworks"))
     args = parser.parse_args(argv)
     seeds, epochs, levels = (2, 2, LEVELS[:1]) if args.smoke else (args.seeds, args.epochs, LEVELS)
     warnings.filterwarnings("ignore")

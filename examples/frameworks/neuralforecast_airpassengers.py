@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--smoke", action="store_true", help="2 seeds, 5 steps, one noise level")
-    parser.add_argument("--out", type=Path, default=Path("docs/frameworks"))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/frameworks"))
     args = parser.parse_args(argv)
     seeds, steps, levels = (2, 5, LEVELS[:1]) if args.smoke else (args.seeds, args.steps, LEVELS)
     warnings.filterwarnings("ignore")
