@@ -112,7 +112,7 @@ def test_help_and_plugins_do_not_import_lightning_or_forecasting():
         with contextlib.redirect_stdout(io.StringIO()) as out:
             assert main(["plugins", "--json"]) == 0
         assert {e["name"] for e in json.loads(out.getvalue())} >= {"builtin", "torch", "forecasting", "nrnn"}
-        frameworks = ("lightning", "pytorch_lightning", "pytorch_forecasting")
+        frameworks = ("lightning", "pytorch_lightning", "pytorch_forecasting", "darts", "neuralforecast", "gluonts")
         heavy = sorted(m for m in sys.modules if m.split(".")[0] in frameworks)
         assert not heavy, heavy
         """

@@ -37,6 +37,7 @@ PAGES = (
     "configuration.md",
     "lightning.md",
     "forecasting.md",
+    "frameworks.md",
     "regularizer.md",
     "robustness.md",
     "speed.md",
@@ -267,11 +268,42 @@ def test_the_readmes_links_and_pictures_exist():
     assert not missing, missing
 
 
+def _defined_in_source(module: str, attributes: list[str]) -> bool | None:
+    """Whether a module that cannot be imported here defines ``attributes[0]`` at its top level (read with ast);
+    ``None`` when ``module`` is not a module (then the caller tries its parent)."""
+    try:
+        spec = importlib.util.find_spec(module)
+    except ImportError:  # its parent is the module that cannot be imported
+        return None
+    if spec is None or spec.origin is None:
+        return None
+    if not attributes:
+        return True
+    tree = ast.parse(Path(spec.origin).read_text())
+    names = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(t.id for t in targets if isinstance(t, ast.Name))
+    return attributes[0] in names
+
+
 def _resolves(name: str) -> bool:
     parts = name.split(".")
     for split in range(len(parts), 0, -1):
+        module = ".".join(parts[:split])
         try:
-            obj = importlib.import_module(".".join(parts[:split]))
+            obj = importlib.import_module(module)
+        except ModuleNotFoundError as error:
+            missing = (error.name or "").split(".")[0]
+            if missing and missing != parts[0] and importlib.util.find_spec(missing) is None:
+                # the module needs a framework this environment lacks (GluonTS has its own): read its source
+                defined = _defined_in_source(module, parts[split:])
+                if defined is not None:
+                    return defined
+            continue
         except ImportError:
             continue
         try:
@@ -298,6 +330,9 @@ def test_every_nrnn_plugin_name_in_the_code_and_docs_resolves():
 def test_the_name_resolver_can_fail():
     assert _resolves("nrnn_plugin.runtime.noise_control") and _resolves("nrnn_plugin.layers.fused_lstm")
     assert not _resolves("nrnn_plugin.runtime.no_such_function")
+    if importlib.util.find_spec("gluonts") is None:  # a module of a framework that is not installed: from its source
+        assert _resolves("nrnn_plugin.adapters.gluonts.forecaster")
+        assert not _resolves("nrnn_plugin.adapters.gluonts.no_such_function")
     assert not _resolves("nrnn_plugin.no_such_module.thing")
 
 

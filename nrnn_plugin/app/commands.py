@@ -30,13 +30,20 @@ def debug() -> bool:
 def quiet_frameworks() -> None:
     """Silence Lightning's info banners and the framework warnings a CLI user cannot act on.
 
-    Called by the subcommands that train or evaluate (never by the library), after Lightning is imported (it
-    sets its own logger levels on import). ``NRNN_DEBUG=1`` keeps them.
+    Called by the subcommands that train or evaluate (never by the library). Each Lightning distribution sets
+    its own logger levels on import, so every installed one is imported first (the noise callback imports them
+    all anyway). ``NRNN_DEBUG=1`` keeps them.
     """
     if debug():
         return
+    import importlib
     import logging
     import warnings
+
+    from nrnn_plugin.integrations.distributions import installed_distributions
+
+    for distribution in installed_distributions():
+        importlib.import_module(distribution)
 
     for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning", "pytorch_forecasting"):
         logging.getLogger(name).setLevel(logging.ERROR)
