@@ -5,8 +5,9 @@ a missing file, column names that do not exist (the error lists the ones that do
 covariate, duplicate or missing time steps, missing values (interpolated, dropped or refused by
 ``data.missing``) and series too short for the time split (the error gives the minimum length).
 
-Times become integer steps: an integer column as it is, dates as periods of ``data.freq`` since the first
-date (the mapping, :class:`TimeAxis`, is stored with the run so evaluation data maps the same way).
+Times become integer steps: an integer column as it is, dates as steps of ``data.freq`` (any pandas
+calendar, :mod:`nrnn_plugin.app.timeaxis`) since the first date; the mapping is stored with the run so
+evaluation and prediction data map the same way and forecasts get their dates back.
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from nrnn_plugin.app.errors import ConfigError, DataError, InputError
 from nrnn_plugin.app.run_config import DATA_SUFFIXES, DataSpec, RunConfig
+from nrnn_plugin.app.timeaxis import TimeAxis, date_steps
 
 __all__ = [
     "SERIES_COLUMN",
@@ -40,8 +41,13 @@ SERIES_COLUMN = "_series"  # the group column added when data.group_ids is empty
 
 
 def read_table(path: str | Path) -> pd.DataFrame:  # noqa: C901 (one branch per format)
-    """A CSV (``.csv``, ``.csv.gz``, ``.tsv``) or parquet (``.parquet``, ``.pq``) file as a DataFrame."""
+    """A CSV (``.csv``, ``.csv.gz``, ``.tsv``) or parquet (``.parquet``, ``.pq``) file as a DataFrame.
+
+    Neither reader executes anything from the file (no pickle); other suffixes are refused.
+    """
     file = Path(path)
+    if not file.name.lower().endswith(DATA_SUFFIXES) and not file.is_dir():
+        raise InputError(f"data file {str(file)!r}: expected one of the suffixes {list(DATA_SUFFIXES)}")
     if not file.exists():
         raise InputError(f"data file not found: {str(file)!r}")
     if file.is_dir():
@@ -55,25 +61,17 @@ def read_table(path: str | Path) -> pd.DataFrame:  # noqa: C901 (one branch per 
                 raise InputError(f"reading parquet needs pyarrow (pip install pyarrow): {exc}") from None
         if name.endswith(".tsv"):
             return pd.read_csv(file, sep="\t")
-        if name.endswith((".csv", ".csv.gz", ".txt")):
+        if name.endswith((".csv", ".csv.gz")):
             return pd.read_csv(file)
     except InputError:
         raise
     except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
-        raise DataError(f"could not read {str(file)!r}: {exc}") from None
+        raise DataError(f"could not read {str(file)!r} ({_first_line(exc)}); is it a CSV or parquet file?") from None
     raise InputError(f"data file {str(file)!r}: expected one of the suffixes {list(DATA_SUFFIXES)}")
 
 
-@dataclass(frozen=True)
-class TimeAxis:
-    """How the ``time`` column maps to integer steps: integers as they are, or dates as periods since ``origin``."""
-
-    kind: str  # "int" or "date"
-    freq: str | None = None
-    origin: str | None = None  # the first period (ISO string) when kind == "date"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "freq": self.freq, "origin": self.origin}
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 @dataclass
@@ -115,7 +113,21 @@ def _numeric(df: pd.DataFrame, column: str, role: str, source: str) -> pd.Series
     return converted.astype("float64")
 
 
-def _time_steps(df: pd.DataFrame, spec: DataSpec, source: str, axis: TimeAxis | None) -> tuple[pd.Series, TimeAxis]:
+def _finite(values: pd.Series, column: str, source: str) -> None:
+    """Refuse infinite values (missing ones are ``data.missing``'s business), naming the rows."""
+    infinite = np.isinf(values.to_numpy(dtype="float64", na_value=np.nan))
+    if infinite.any():
+        rows = [int(r) for r in np.flatnonzero(infinite)[:5]]
+        more = " ..." if infinite.sum() > 5 else ""
+        raise DataError(
+            f"{source}: column {column!r} has {int(infinite.sum())} infinite value(s) (rows {rows}{more}); "
+            "replace them with finite numbers or leave them empty (missing)"
+        )
+
+
+def _time_steps(
+    df: pd.DataFrame, spec: DataSpec, source: str, axis: TimeAxis | None, notes: list[str]
+) -> tuple[pd.Series, TimeAxis]:
     column = df[spec.time]
     if axis is None or axis.kind == "int":
         if pd.api.types.is_integer_dtype(column):
@@ -127,31 +139,39 @@ def _time_steps(df: pd.DataFrame, spec: DataSpec, source: str, axis: TimeAxis | 
         if axis is not None:
             raise DataError(f"{source}: time column {spec.time!r} must hold integer steps like the training data")
     if column.isna().any():
-        raise DataError(f"{source}: time column {spec.time!r} has {int(column.isna().sum())} missing value(s)")
-    try:
-        with warnings.catch_warnings():  # "could not infer format": the values are checked right here
-            warnings.simplefilter("ignore", UserWarning)
-            dates = pd.to_datetime(column)
-    except (ValueError, TypeError, OverflowError):
+        row = int(np.flatnonzero(column.isna().to_numpy())[0])
         raise DataError(
-            f"{source}: time column {spec.time!r} must hold integer steps or dates, got values like {column.iloc[0]!r}"
-        ) from None
-    freq = axis.freq if axis is not None else spec.freq
-    if freq is None:
-        unique = pd.DatetimeIndex(sorted(dates.unique()))
-        freq = pd.infer_freq(unique) if len(unique) >= 3 else None
-        if freq is None:
-            raise ConfigError(
-                f"data.freq: could not infer the frequency of the dates in {spec.time!r}; set it (e.g. 'D', 'W-SAT', "
-                "'MS')"
-            )
+            f"{source}: time column {spec.time!r} has {int(column.isna().sum())} missing value(s) (first at row {row})"
+        )
+    dates = _parse_dates(column, spec.time, source)
     try:
-        periods = dates.dt.to_period(freq)
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"data.freq: {freq!r} is not a pandas frequency for these dates ({exc})") from None
-    origin = pd.Period(axis.origin, freq=freq) if axis is not None else periods.min()
-    steps = periods.map(lambda p: (p - origin).n).astype("int64")
-    return steps, TimeAxis("date", freq=freq, origin=str(origin))
+        steps, axis, found = date_steps(dates, spec.freq, axis, where=f"{source}: time column {spec.time!r}")
+    except ValueError as exc:
+        text = str(exc)
+        raise (ConfigError(f"data.freq: {text}") if "frequency" in text else DataError(text)) from None
+    notes.extend(found)
+    return pd.Series(steps, index=column.index, dtype="int64"), axis
+
+
+def _parse_dates(column: pd.Series, name: str, source: str) -> pd.Series:
+    """The column as datetimes; the first value that is not a date is named with its row."""
+    if pd.api.types.is_datetime64_any_dtype(column):
+        return column
+    with warnings.catch_warnings():  # "could not infer format": the values are checked right here
+        warnings.simplefilter("ignore", UserWarning)
+        try:
+            dates = pd.to_datetime(column, errors="coerce")
+        except (ValueError, TypeError, OverflowError):
+            dates = pd.Series(pd.NaT, index=column.index)
+    bad = dates.isna().to_numpy()
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        like = "" if row == 0 else f" like row 0's {column.iloc[0]!r}"
+        raise DataError(
+            f"{source}: time column {name!r} must hold integer steps or dates{like}, but {int(bad.sum())} value(s) "
+            f"are not (first at row {row}: {column.iloc[row]!r})"
+        )
+    return dates
 
 
 def _fill_missing(
@@ -203,13 +223,13 @@ def prepare_frame(
         raise DataError(f"{source}: the table has no rows")
     _missing_columns(df, spec, source)
     notes: list[str] = []
-    frame = df[list(dict.fromkeys(spec.columns))].copy()
-    frame[spec.time], axis = _time_steps(frame, spec, source, time_axis)
+    frame = df[list(spec.columns)].copy()
+    frame[spec.time], axis = _time_steps(frame, spec, source, time_axis, notes)
     group_ids = spec.group_ids
     if not group_ids:
         frame[SERIES_COLUMN] = "0"
         group_ids = (SERIES_COLUMN,)
-    for column in group_ids + spec.known_categoricals + spec.static_categoricals:
+    for column in dict.fromkeys(group_ids + spec.known_categoricals + spec.static_categoricals):
         if frame[column].isna().any():
             count = int(frame[column].isna().sum())
             raise DataError(f"{source}: categorical column {column!r} has {count} missing value(s)")
@@ -218,6 +238,8 @@ def prepare_frame(
     reals = spec.known_reals + spec.unknown_reals + spec.static_reals
     for column in reals:
         frame[column] = _numeric(frame, column, "real covariate", source)
+    for column in (spec.target, *reals):
+        _finite(frame[column], column, source)
     frame = frame.sort_values(list(group_ids) + [spec.time], kind="stable").reset_index(drop=True)
     duplicated = frame.duplicated(list(group_ids) + [spec.time])
     if duplicated.any():
@@ -325,10 +347,10 @@ def split_and_check(prepared: PreparedData, *, source: str = "data") -> tuple[Pr
 def load_training_data(config: RunConfig, data_path: str | None = None) -> tuple[RunConfig, PreparedData, Split]:
     """Read and check the run's data (pandas only; see :mod:`nrnn_plugin.app.data`); ``data_path`` overrides
     ``data.path``. Returns the config with the path filled in, the prepared data and its time split."""
-    path = data_path or config.data.path
+    path = str(Path(data_path).absolute()) if data_path else config.data.path
     if not path:
         raise ConfigError("data.path: required (or pass --data FILE), but missing")
-    config = replace(config, data=replace(config.data, path=str(path)))
+    config = config.replace(data=config.data.replace(path=str(path)))
     source = Path(path).name
     prepared = prepare_frame(read_table(path), config.data, source=source)
     prepared, split = split_and_check(prepared, source=source)
