@@ -13,19 +13,20 @@ evaluation and prediction data map the same way and forecasts get their dates ba
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from nrnn_plugin.app.checks import fill_missing, finite, future_mask, missing_columns, numeric
 from nrnn_plugin.app.errors import ConfigError, DataError, InputError
 from nrnn_plugin.app.run_config import DATA_SUFFIXES, DataSpec, RunConfig
 from nrnn_plugin.app.timeaxis import TimeAxis, date_steps
 
 __all__ = [
     "SERIES_COLUMN",
+    "FUTURE_COLUMN",
     "TimeAxis",
     "PreparedData",
     "Split",
@@ -38,6 +39,7 @@ __all__ = [
 ]
 
 SERIES_COLUMN = "_series"  # the group column added when data.group_ids is empty
+FUTURE_COLUMN = "_future"  # marks the forecast horizon's rows (prepare_frame(future_rows=True))
 
 
 def read_table(path: str | Path) -> pd.DataFrame:  # noqa: C901 (one branch per format)
@@ -83,46 +85,6 @@ class PreparedData:
     time_axis: TimeAxis
     group_ids: tuple[str, ...]
     notes: list[str] = field(default_factory=list)
-
-
-def _missing_columns(df: pd.DataFrame, spec: DataSpec, source: str) -> None:
-    wanted = list(dict.fromkeys(spec.columns))
-    missing = [c for c in wanted if c not in df.columns]
-    if missing:
-        raise DataError(
-            f"{source}: column(s) {missing} not found; the file has columns {[str(c) for c in df.columns]} "
-            "(check data.time, data.target, data.group_ids and the covariate lists)"
-        )
-
-
-def _numeric(df: pd.DataFrame, column: str, role: str, source: str) -> pd.Series:
-    values = df[column]
-    types = pd.api.types
-    if types.is_bool_dtype(values) or not (
-        types.is_numeric_dtype(values) or types.is_object_dtype(values) or types.is_string_dtype(values)
-    ):
-        raise DataError(f"{source}: {role} column {column!r} must be numeric, got dtype {values.dtype}")
-    converted = pd.to_numeric(values, errors="coerce")
-    bad = converted.isna() & values.notna()
-    if bad.any():
-        row = int(np.flatnonzero(bad.to_numpy())[0])
-        raise DataError(
-            f"{source}: {role} column {column!r} must be numeric, but {int(bad.sum())} value(s) are not "
-            f"(first at row {row}: {values.iloc[row]!r})"
-        )
-    return converted.astype("float64")
-
-
-def _finite(values: pd.Series, column: str, source: str) -> None:
-    """Refuse infinite values (missing ones are ``data.missing``'s business), naming the rows."""
-    infinite = np.isinf(values.to_numpy(dtype="float64", na_value=np.nan))
-    if infinite.any():
-        rows = [int(r) for r in np.flatnonzero(infinite)[:5]]
-        more = " ..." if infinite.sum() > 5 else ""
-        raise DataError(
-            f"{source}: column {column!r} has {int(infinite.sum())} infinite value(s) (rows {rows}{more}); "
-            "replace them with finite numbers or leave them empty (missing)"
-        )
 
 
 def _time_steps(
@@ -174,39 +136,13 @@ def _parse_dates(column: pd.Series, name: str, source: str) -> pd.Series:
     return dates
 
 
-def _fill_missing(
-    frame: pd.DataFrame,
-    columns: Sequence[str],
-    group_ids: Sequence[str],
-    policy: str,
-    source: str,
-    notes: list[str],
-) -> pd.DataFrame:
-    """Apply ``data.missing`` to the numeric columns: interpolate within each series, drop rows, or refuse."""
-    counts = {c: int(frame[c].isna().sum()) for c in columns}
-    counts = {c: n for c, n in counts.items() if n}
-    if not counts:
-        return frame
-    described = ", ".join(f"{c!r}: {n}" for c, n in counts.items())
-    if policy == "error":
-        raise DataError(f"{source}: missing values ({described}); fill them or set data.missing: interpolate or drop")
-    if policy == "drop":
-        notes.append(f"dropped rows with missing values ({described})")
-        return frame.dropna(subset=list(counts)).reset_index(drop=True)
-    filled = frame.copy()
-    for column in counts:
-        filled[column] = frame.groupby(list(group_ids), sort=False, observed=True)[column].transform(
-            lambda s: s.interpolate(limit_direction="both")
-        )
-    still = {c: int(filled[c].isna().sum()) for c in counts if filled[c].isna().any()}
-    if still:
-        raise DataError(f"{source}: columns {sorted(still)} have no values at all in some series; cannot interpolate")
-    notes.append(f"interpolated missing values ({described})")
-    return filled
-
-
 def prepare_frame(
-    df: pd.DataFrame, spec: DataSpec, *, source: str = "data", time_axis: TimeAxis | None = None
+    df: pd.DataFrame,
+    spec: DataSpec,
+    *,
+    source: str = "data",
+    time_axis: TimeAxis | None = None,
+    future_rows: bool = False,
 ) -> PreparedData:
     """Check columns and types, turn times into integer steps, fill or refuse missing values.
 
@@ -215,13 +151,17 @@ def prepare_frame(
         spec: the ``data`` section.
         source: how to name the data in error messages (usually the file name).
         time_axis: the training run's time mapping (for evaluation data); ``None`` derives it from ``df``.
+        future_rows: rows after a series' last observed target are its forecast horizon (``nrnn predict``):
+            marked in the column :data:`FUTURE_COLUMN`, left out of ``data.missing``, their target set to the
+            last observed value (a placeholder: models decode from their own forecasts); their known
+            covariates must be present.
     Raises:
         DataError: missing columns (names them and lists the existing ones), non-numeric target or real
             covariates, duplicate or missing time steps, no rows.
     """
     if df.empty:
         raise DataError(f"{source}: the table has no rows")
-    _missing_columns(df, spec, source)
+    missing_columns(df, spec, source)
     notes: list[str] = []
     frame = df[list(spec.columns)].copy()
     frame[spec.time], axis = _time_steps(frame, spec, source, time_axis, notes)
@@ -234,12 +174,12 @@ def prepare_frame(
             count = int(frame[column].isna().sum())
             raise DataError(f"{source}: categorical column {column!r} has {count} missing value(s)")
         frame[column] = frame[column].astype(str)
-    frame[spec.target] = _numeric(frame, spec.target, "target", source)
+    frame[spec.target] = numeric(frame, spec.target, "target", source)
     reals = spec.known_reals + spec.unknown_reals + spec.static_reals
     for column in reals:
-        frame[column] = _numeric(frame, column, "real covariate", source)
+        frame[column] = numeric(frame, column, "real covariate", source)
     for column in (spec.target, *reals):
-        _finite(frame[column], column, source)
+        finite(frame[column], column, source)
     frame = frame.sort_values(list(group_ids) + [spec.time], kind="stable").reset_index(drop=True)
     duplicated = frame.duplicated(list(group_ids) + [spec.time])
     if duplicated.any():
@@ -249,7 +189,10 @@ def prepare_frame(
             f"in series {tuple(row[g] for g in group_ids) if spec.group_ids else 'the only series'}); "
             "set data.group_ids if the file holds several series"
         )
-    frame = _fill_missing(frame, (spec.target,) + reals, group_ids, spec.missing, source, notes)
+    if future_rows:
+        frame = _split_future(frame, spec, group_ids, reals, source, notes)
+    else:
+        frame = fill_missing(frame, (spec.target,) + reals, group_ids, spec.missing, source, notes)
     if not spec.allow_missing_timesteps:
         steps = frame.groupby(list(group_ids), sort=False, observed=True)[spec.time].diff()
         gap = steps > 1
@@ -260,6 +203,33 @@ def prepare_frame(
                 f"{int(frame[spec.time].iloc[i])}); fill the gaps or set data.allow_missing_timesteps: true"
             )
     return PreparedData(frame=frame, spec=spec, time_axis=axis, group_ids=tuple(group_ids), notes=notes)
+
+
+def _split_future(
+    frame: pd.DataFrame,
+    spec: DataSpec,
+    group_ids: tuple[str, ...],
+    reals: tuple[str, ...],
+    source: str,
+    notes: list[str],
+) -> pd.DataFrame:
+    future = future_mask(frame, spec.target, group_ids)
+    history = fill_missing(frame[~future], (spec.target,) + reals, group_ids, spec.missing, source, notes)
+    ahead = frame[future].copy()
+    for column in spec.known_reals:
+        missing = ahead[column].isna().to_numpy()
+        if missing.any():
+            raise DataError(
+                f"{source}: known real {column!r} is missing in {int(missing.sum())} future row(s) (first at time "
+                f"step {int(ahead[spec.time].iloc[int(np.flatnonzero(missing)[0])])}); known covariates must be "
+                "given for the forecast horizon"
+            )
+    combined = pd.concat([history.assign(**{FUTURE_COLUMN: False}), ahead.assign(**{FUTURE_COLUMN: True})])
+    combined = combined.sort_values(list(group_ids) + [spec.time], kind="stable").reset_index(drop=True)
+    keys = [combined[g] for g in group_ids]
+    for column in (spec.target, *spec.unknown_reals, *spec.static_reals):
+        combined[column] = combined.groupby(keys, sort=False, observed=True)[column].ffill()
+    return combined
 
 
 # ---------------------------------------------------------------------------------------------- split
