@@ -205,7 +205,7 @@ def fit_model(
         limit_train_batches=trainer_spec.limit_train_batches,
         callbacks=callbacks,
         logger=logger if logger is not None else False,
-        log_every_n_steps=max(1, min(50, len(train_loader))),
+        log_every_n_steps=_log_interval(len(train_loader), trainer_spec.limit_train_batches),
         enable_progress_bar=False,
         enable_model_summary=False,
         enable_checkpointing=work_dir is not None,
@@ -224,6 +224,15 @@ def fit_model(
         epochs=trainer.current_epoch,
         seconds=seconds,
     )
+
+
+def _log_interval(batches: int, limit: float | int | None) -> int:
+    """Log every 50 steps, or once per epoch when an epoch has fewer batches (so short runs log at all)."""
+    if isinstance(limit, int):
+        batches = min(batches, limit)
+    elif isinstance(limit, float):
+        batches = max(1, int(batches * limit))
+    return max(1, min(50, batches))
 
 
 @dataclass
