@@ -12,9 +12,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from cli_helpers import SMALL_RUN, assert_input_error, nrnn, sunspots_frame, write_run
-
 
 # ---------------------------------------------------------------------------------------------- data
 
