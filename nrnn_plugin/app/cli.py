@@ -219,6 +219,12 @@ def build_parser() -> argparse.ArgumentParser:
     robust.add_argument("--strengths", type=_float_list, default=None, help="comma-separated strengths")
     robust.add_argument("--seeds", type=_positive_int, default=3, help="perturbation seeds (default: 3)")
     robust.add_argument(
+        "--metric",
+        choices=("mase", "smape", "mae"),
+        default="mase",
+        help="metric of the table and plot (default: mase, scale-free; mae is in the target's units)",
+    )
+    robust.add_argument(
         "--windows",
         choices=("test", "all"),
         default="test",

@@ -223,6 +223,7 @@ def cmd_robustness(args: argparse.Namespace) -> int:
         strengths=args.strengths,
         seeds=args.seeds,
         windows=args.windows,
+        metric=args.metric,
         reporter=reporter,
     )
     print(report.table)
