@@ -556,3 +556,50 @@ def test_load_run_refuses_a_checkpoint_without_its_sidecar(tmp_path):
     (tmp_path / "model.nrnn.json").write_text('{"format": "nrnn-run", "version": 1}')
     with pytest.raises(InputError, match="sidecar version 1 is not supported"):
         runs.load_run(tmp_path / "model.ckpt")
+
+
+# ---------------------------------------------------------------------------------------------- outputs, variants
+
+
+def test_output_folder_is_all_or_nothing(tmp_path):
+    from nrnn_plugin.app.outputs import OutputFolder
+
+    target = tmp_path / "run"
+    with OutputFolder(target) as staging:
+        (staging / "a.txt").write_text("1")
+        assert not target.exists() and staging.parent == tmp_path
+    assert (target / "a.txt").read_text() == "1"
+    with pytest.raises(InputError, match="exists and is not empty; pass --overwrite"):
+        OutputFolder(target)
+    with pytest.raises(RuntimeError), OutputFolder(target, overwrite=True) as staging:
+        (staging / "b.txt").write_text("half")
+        raise RuntimeError("stopped half-way")
+    assert sorted(p.name for p in target.iterdir()) == ["a.txt"]  # the previous contents, untouched
+    with OutputFolder(target, overwrite=True) as staging:
+        (staging / "b.txt").write_text("2")
+    assert sorted(p.name for p in target.iterdir()) == ["b.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no staging or old folder left
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(InputError, match="is a file"):
+        OutputFolder(tmp_path / "file")
+    with pytest.raises(InputError, match="cannot create .* is a file"):
+        OutputFolder(tmp_path / "file" / "sub")
+
+
+def test_variants_are_named_globs_of_run_folders(tmp_path):
+    from nrnn_plugin.app.variants import parse_variants
+
+    for name in ("plain_1", "plain_0", "noisy_0"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.ckpt").write_bytes(b"")
+    plain, noisy = parse_variants([f"plain={tmp_path}/plain_*", f"noisy={tmp_path}/noisy_0/model.ckpt"])
+    assert plain.name == "plain" and [p.parent.name for p in plain.checkpoints] == ["plain_0", "plain_1"]
+    assert noisy.checkpoints == (tmp_path / "noisy_0" / "model.ckpt",)
+    (single,) = parse_variants([str(tmp_path / "plain_0")])
+    assert single.name is None and single.checkpoints == (tmp_path / "plain_0" / "model.ckpt",)
+    with pytest.raises(InputError, match="variant names must be distinct"):
+        parse_variants([f"a={tmp_path}/plain_0", f"a={tmp_path}/plain_1"])
+    with pytest.raises(InputError, match="no run folder or checkpoint matches"):
+        parse_variants([f"a={tmp_path}/other_*"])
+    with pytest.raises(InputError, match="name every variant"):
+        parse_variants([f"a={tmp_path}/plain_0", str(tmp_path / "plain_1")])
