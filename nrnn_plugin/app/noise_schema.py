@@ -37,19 +37,19 @@ _CHOICES = {
 def _descriptions(cls: type) -> dict[str, str]:
     """``name: text`` entries of the class docstring (continuation lines joined, RST markup dropped)."""
     doc = inspect.cleandoc(cls.__doc__ or "")
-    found: dict[str, str] = {}
+    found: dict[str, list[str]] = {}
     current: list[str] = []
     for line in doc.splitlines():
         match = re.match(r"^\s*([a-z_]+(?: / [a-z_]+)?): (.*)$", line)
         if match:
             current = [match.group(2)]
             for name in match.group(1).split(" / "):
-                found[name] = current  # type: ignore[assignment]
+                found[name] = current
         elif current and line.startswith("    ") and line.strip():
             current.append(line.strip())
         else:
             current = []
-    return {name: re.sub(r"``|:[a-z]+:`~?|`", "", " ".join(parts)) for name, parts in found.items()}  # type: ignore[arg-type]
+    return {name: re.sub(r"``|:[a-z]+:`~?|`", "", " ".join(parts)) for name, parts in found.items()}
 
 
 def _object(cls: type, title: str) -> dict[str, Any]:

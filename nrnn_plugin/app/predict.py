@@ -98,7 +98,7 @@ def _forecast(
     run: LoadedRun, dataset: TimeSeriesDataSet, samples: int | None, noise: float | None, seed: int
 ) -> tuple[np.ndarray, np.ndarray | None, tuple[float, ...]]:
     """Point forecasts ``[N, H]`` and quantiles ``[N, H, Q]`` (or ``None``) with their levels."""
-    model = run.model.eval()
+    model: Any = run.model.eval()
     loader = dataset.to_dataloader(train=False, batch_size=256, num_workers=0)
     sampled = samples_itself(model)
     points, bands = [], []

@@ -343,7 +343,7 @@ class RunConfig(Section):
     SECTIONS: ClassVar[tuple[str, ...]] = ("data", "model", "trainer", "noise", "output")
 
     data: DataSpec = Field(description="the table and its columns (required)")
-    model: ModelSpec = Field(default_factory=ModelSpec, description="the model")  # type: ignore[arg-type]
+    model: ModelSpec = Field(default_factory=ModelSpec, description="the model")
     trainer: TrainerSpec = Field(default_factory=TrainerSpec, description="the training budget")
     noise: Annotated[NoiseConfig | None, PlainValidator(_noise), WithJsonSchema(noise_json_schema())] = Field(
         None, description="Noisy RNN training (nrnn_plugin.NoiseConfig); absent, {} or enabled: false: plain"

@@ -55,8 +55,8 @@ class LoadedRun:
     @property
     def dataset_parameters(self) -> dict[str, Any]:
         """pytorch-forecasting's dataset parameters, from the checkpoint's hyper-parameters."""
-        parameters: dict[str, Any] = self.model.dataset_parameters
-        return parameters
+        model: Any = self.model
+        return dict(model.dataset_parameters)
 
     @property
     def config(self) -> RunConfig:
