@@ -27,7 +27,6 @@ from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     PlainValidator,
@@ -36,13 +35,12 @@ from pydantic import (
     field_serializer,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
 
 from nrnn_plugin.app.errors import ConfigError, DataError, InputError
 from nrnn_plugin.app.noise_schema import noise_json_schema
 from nrnn_plugin.app.schema_errors import format_validation_error
+from nrnn_plugin.app.schema_types import Count, Names, TestSize, Text, ValSize, fail
 from nrnn_plugin.config import NoiseConfig, yaml_loader
-from nrnn_plugin.validation import check_names
 
 __all__ = [
     "InputError",
@@ -66,56 +64,6 @@ SUPPORTED_MODELS = ("RecurrentNetwork", "DeepAR", "TemporalFusionTransformer")
 AUTOREGRESSIVE = ("RecurrentNetwork", "DeepAR")
 DATA_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".parquet", ".pq")
 LOGGERS = ("csv", "tensorboard", "mlflow", "none")
-
-
-def _fail(message: str) -> PydanticCustomError:
-    """A validation error whose message is complete as written (it names the field itself)."""
-    return PydanticCustomError("nrnn", "{message}", {"message": message})
-
-
-def _names(value: Any) -> tuple[str, ...]:
-    """A list of distinct non-empty column names (``null`` is an empty list)."""
-    try:
-        return check_names("names", value, what="column names", distinct=True)
-    except (TypeError, ValueError) as exc:
-        raise PydanticCustomError("names", "{text}", {"text": str(exc).split(": ", 1)[-1]}) from None
-
-
-Names = Annotated[
-    tuple[str, ...],
-    BeforeValidator(_names),
-    WithJsonSchema({"type": "array", "items": {"type": "string", "minLength": 1}, "uniqueItems": True}),
-]
-Text = Annotated[str, Field(min_length=1, strict=True)]
-Count = Annotated[int, Field(ge=1, strict=True)]
-_SPLIT_JSON = {
-    "anyOf": [
-        {"type": "integer", "minimum": 1, "description": "a number of time steps"},
-        {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1, "description": "a fraction of the span"},
-    ]
-}
-
-
-def _split_check(allow_zero: bool) -> Any:
-    allowed = "a number of time steps (integer >= 1) or a fraction in (0, 1)" + (" or 0" if allow_zero else "")
-
-    def check(value: Any) -> float | int:
-        if not isinstance(value, bool) and isinstance(value, (int, float)):
-            if (allow_zero and value == 0) or (isinstance(value, int) and value >= 1):
-                return value
-            if isinstance(value, float) and 0.0 < value < 1.0:
-                return value
-        raise PydanticCustomError("split", "expected {allowed}", {"allowed": allowed})
-
-    return check
-
-
-ValSize = Annotated[int | float, PlainValidator(_split_check(False)), WithJsonSchema(_SPLIT_JSON)]
-TestSize = Annotated[
-    int | float,
-    PlainValidator(_split_check(True)),
-    WithJsonSchema({"anyOf": [*_SPLIT_JSON["anyOf"], {"const": 0, "description": "no test part"}]}),
-]
 
 
 class Section(BaseModel):
@@ -217,13 +165,13 @@ class DataSpec(Section):
                 if role == "static_categoricals" and seen.get(column) == "group_ids":
                     continue  # pytorch-forecasting's idiom: the group id is also a static category (an embedding)
                 if column in seen:
-                    raise _fail(
+                    raise fail(
                         f"data.{role}: column {column!r} is already used as data.{seen[column]}; each column can "
                         "have one role only (a group id may also be a static categorical)"
                     )
                 seen[column] = role
         if isinstance(self.validation, float) and isinstance(self.test, float) and self.validation + self.test >= 1.0:
-            raise _fail(
+            raise fail(
                 f"data.validation + data.test: expected fractions that sum to less than 1 (training needs the "
                 f"rest), got {self.validation} + {self.test}"
             )
@@ -334,7 +282,7 @@ def _noise(value: Any) -> NoiseConfig | None:
     try:
         return noise_from_dict(value)
     except ConfigError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
 
 
 class RunConfig(Section):
@@ -357,7 +305,7 @@ class RunConfig(Section):
     @model_validator(mode="after")
     def _check_model_roles(self) -> RunConfig:
         if self.model.name in AUTOREGRESSIVE and self.data.unknown_reals:
-            raise _fail(
+            raise fail(
                 f"data.unknown_reals: {self.model.name} decodes autoregressively, so it can read only reals known "
                 f"for the forecast horizon (and the target); move {list(self.data.unknown_reals)} to "
                 "data.known_reals if they are known in advance, drop them, or use model.class: "
