@@ -67,6 +67,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
 def _non_negative_float(text: str) -> float:
     try:
         value = float(text)
@@ -157,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data", default=None, help="data file; overrides data.path")
     train.add_argument("--out", default=None, help="output folder; overrides output.dir")
     train.add_argument("--max-epochs", type=_positive_int, default=None, help="overrides trainer.max_epochs")
+    train.add_argument(
+        "--seed", type=_non_negative_int, default=None, help="overrides trainer.seed (train variants over seeds)"
+    )
     train.add_argument(
         "--no-noise", action="store_true", help="ignore the noise section: the plain baseline of the same run file"
     )

@@ -160,6 +160,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {}
     if args.max_epochs is not None:
         overrides["max_epochs"] = args.max_epochs
+    if args.seed is not None:
+        overrides["seed"] = args.seed
     result = training.run_training(
         config,
         prepared,
