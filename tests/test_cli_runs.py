@@ -79,7 +79,7 @@ def test_predict_writes_forecasts_with_the_real_quarters(macro_run, tmp_path):
     data = macro_run.parent.parent / "macro.csv"
     result = nrnn("predict", "--run", str(macro_run), "--data", str(data), "--out", str(tmp_path / "out"))
     assert result.returncode == 0, result.stderr
-    assert "3 series x 4 steps, 2009-10-01 00:00:00 .. 2010-07-01 00:00:00" in result.stdout
+    assert "3 series x 4 steps, 2009-10-01 .. 2010-07-01" in result.stdout
     forecasts = pd.read_csv(tmp_path / "out" / "forecasts.csv")
     assert list(forecasts.columns) == ["series", "quarter", "horizon", "forecast"]
     assert sorted(set(forecasts["series"])) == ["cpi", "realcons", "realgdp"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -569,6 +570,9 @@ def test_output_folder_is_all_or_nothing(tmp_path):
         (staging / "a.txt").write_text("1")
         assert not target.exists() and staging.parent == tmp_path
     assert (target / "a.txt").read_text() == "1"
+    mask = os.umask(0)
+    os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o777 & ~mask  # not mkdtemp's private 0o700
     with pytest.raises(InputError, match="exists and is not empty; pass --overwrite"):
         OutputFolder(target)
     with pytest.raises(RuntimeError), OutputFolder(target, overwrite=True) as staging:

@@ -85,6 +85,12 @@ def check_output_folder(target: str | Path, *, overwrite: bool, option: str = "-
     return path
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 class OutputFolder:
     """``with OutputFolder(target, overwrite=...) as staging:`` write into ``staging``; on success it becomes
     ``target`` (the previous ``target``, if any, is removed after the move); on any exception or signal the
@@ -100,6 +106,7 @@ class OutputFolder:
         self.target = check_output_folder(self.target, overwrite=self.overwrite, option=self.option)
         self.target.parent.mkdir(parents=True, exist_ok=True)
         self.staging = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.", suffix=".partial", dir=self.target.parent))
+        os.chmod(self.staging, 0o777 & ~_umask())  # mkdtemp makes it private; the result gets the usual mode
         return self.staging
 
     def __exit__(

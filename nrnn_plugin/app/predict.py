@@ -20,6 +20,7 @@ Imports Lightning and pytorch-forecasting at module level: import this module la
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -222,10 +223,13 @@ def run_predict(
     groups = [g for g in loaded.sidecar["group_ids"] if g != SERIES_COLUMN]
     series = forecasts.groupby(groups).ngroups if groups else 1
     times = forecasts[spec.time]
-    quantile_columns = [c for c in forecasts.columns if c.startswith("q")]
+    first, last = times.min(), times.max()
+    if isinstance(first, pd.Timestamp) and (times == times.dt.normalize()).all():
+        first, last = first.date(), last.date()
+    quantile_columns = [c for c in forecasts.columns if re.fullmatch(r"q[0-9.]+", c)]
     summary = "\n".join(
         [
-            f"forecasts    {series} series x {spec.max_prediction_length} steps, {times.min()} .. {times.max()}",
+            f"forecasts    {series} series x {spec.max_prediction_length} steps, {first} .. {last}",
             f"columns      {', '.join(forecasts.columns)}",
             f"quantiles    {', '.join(quantile_columns) if quantile_columns else 'none (point forecasts)'}",
             f"file         {path}",
