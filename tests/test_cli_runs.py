@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import pickle
 import queue
+import re
 import shutil
 import signal
 import subprocess
@@ -172,12 +173,17 @@ def test_a_signal_stops_train_and_leaves_the_previous_run_untouched(macro_run, t
         line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
         assert line is not None, "".join(seen)
         seen.append(line)
-        if "epoch 2/5000" in line:  # training is under way, with a staging folder beside the target
+        if re.search(r"epoch +2/5000", line):  # training is under way, with a staging folder beside the target
             break
+    else:
+        raise AssertionError("training did not start in time: " + "".join(seen))
     assert any(p.name.endswith(".partial") for p in tmp_path.iterdir())
     process.send_signal(sig)
-    stdout, rest = process.communicate(timeout=60)
-    stderr = "".join(seen) + rest
+    process.wait(timeout=60)
+    stdout = process.stdout.read()
+    while (line := lines.get(timeout=30)) is not None:  # the reader thread drains stderr to its end
+        seen.append(line)
+    stderr = "".join(seen)
     assert process.returncode == status, stderr
     assert f"nrnn train: stopped by {signal.Signals(sig).name}; outputs left as they were" in stderr
     assert "Traceback" not in stderr and stdout == ""
