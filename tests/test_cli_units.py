@@ -607,3 +607,37 @@ def test_variants_are_named_globs_of_run_folders(tmp_path):
         parse_variants([f"a={tmp_path}/other_*"])
     with pytest.raises(InputError, match="name every variant"):
         parse_variants([f"a={tmp_path}/plain_0", str(tmp_path / "plain_1")])
+
+
+def test_progress_bars_only_on_a_terminal():
+    from nrnn_plugin.app.progress import StderrReporter
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    plain = StderrReporter(io.StringIO())
+    assert not plain.interactive and plain.bar(3, "x") is None
+    plain.progress("one line")
+    assert plain.stream.getvalue().endswith("] one line\n")
+    terminal = StderrReporter(Terminal())
+    assert terminal.interactive and not StderrReporter(Terminal(), quiet=True).interactive
+    bar = terminal.bar(3, "robustness")
+    bar.update(1)
+    terminal.progress("above the bar")
+    bar.close()
+    assert "robustness" in terminal.stream.getvalue() and "above the bar" in terminal.stream.getvalue()
+
+
+def test_a_logger_whose_package_is_missing_is_refused_before_training(monkeypatch):
+    pytest.importorskip("lightning")
+    import importlib.util
+
+    from nrnn_plugin.app import tracking
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"trainer.logger: 'tensorboard' needs the tensorboard package.*pip install"):
+        tracking.check_logger("tensorboard")
+    tracking.check_logger("csv")
+    assert tracking.make_logger("none", Path(".")) is None

@@ -186,6 +186,8 @@ def run_robustness_report(
     frames, counts = [], set()
     total = sum(len(r) for r in runs)
     done = 0
+    make_bar = getattr(reporter, "bar", None)
+    bar = make_bar(total * len(grid), "robustness") if make_bar is not None else None
     for name, variant_runs in zip(names, runs):
         for run in variant_runs:
             dataset, frame = evaluation_windows(run, data_path, windows=windows)
@@ -207,11 +209,15 @@ def run_robustness_report(
                 scores.insert(1, "run", str(run.checkpoint.parent))
                 scores.insert(2, "train_seed", run.sidecar.get("seed"))
                 frames.append(scores)
+                if bar is not None:
+                    bar.update(1)
+    if bar is not None:
+        bar.close()
     if len(counts) > 1:
         reporter.note(f"the runs have different evaluation windows ({sorted(counts)}): compare with care")
     pooled, series = _split_series(pd.concat(frames, ignore_index=True))
     series.loc[(series["metric"] == "mase") & (series["value"] == 0.0), "value"] = math.nan  # constant series
-    table = _report_text(pooled, names, variants, runs, metric, source, windows, counts, seeds)
+    table = _report_text(pooled, series, names, variants, runs, metric, source, windows, counts, seeds)
     with folder as staging:
         pooled.to_csv(staging / "robustness.csv", index=False)
         series.to_csv(staging / "robustness_series.csv", index=False)
@@ -250,6 +256,7 @@ def _plot(
 
 def _report_text(
     pooled: pd.DataFrame,
+    series: pd.DataFrame,
     names: list[str],
     variants: Sequence[Variant],
     runs: Sequence[Sequence[LoadedRun]],
@@ -279,6 +286,9 @@ def _report_text(
         "",
         report_tables.clean_summary(pooled, names, METRICS),
     ]
+    per_series = report_tables.format_series_table(series, metric, names)
+    if per_series:
+        lines += ["", per_series]
     sensitivity, notes = report_tables.format_sensitivity(pooled, metric, names)
     if sensitivity:
         lines += ["", f"sensitivity: {metric.upper()} at the strongest strength relative to clean", "", sensitivity]

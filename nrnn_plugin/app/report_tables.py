@@ -22,6 +22,7 @@ __all__ = [
     "run_values",
     "cells",
     "format_variant_table",
+    "format_series_table",
     "sensitivity",
     "format_sensitivity",
     "clean_summary",
@@ -132,6 +133,24 @@ def clean_summary(frame: pd.DataFrame, variants: Sequence[str], metrics: Sequenc
             row.append(_mean_std(part) if part else "")
         rows.append(row)
     return tabulate(rows, headers=["clean", *[m.upper() for m in metrics]], tablefmt="simple", disable_numparse=True)
+
+
+def format_series_table(series: pd.DataFrame, metric: str, variants: Sequence[str], limit: int = 12) -> str:
+    """Clean ``metric`` per series and variant (mean over runs); the ``limit`` worst series of the first variant
+    when there are more. Empty for a single series (the pooled table says it all)."""
+    part = series[(series["metric"] == metric) & (series["strength"] == 0.0)]
+    if part.empty or part["series"].nunique() < 2:
+        return ""
+    per_run = part.groupby(["series", "variant", "run"], sort=False)["value"].mean()
+    table = per_run.groupby(["series", "variant"], sort=False).mean().unstack("variant")
+    table = table[[v for v in variants if v in table.columns]]
+    count = len(table)
+    title = f"clean {metric.upper()} per series (mean over runs)"
+    if count > limit:
+        table = table.sort_values(variants[0], ascending=False).head(limit)
+        title += f"; the {limit} of {count} series where {variants[0]} does worst (all in robustness_series.csv)"
+    rows = [[name, *[f"{value:.4g}" for value in values]] for name, values in zip(table.index, table.to_numpy())]
+    return title + "\n\n" + tabulate(rows, headers=["series", *table.columns], tablefmt="simple", disable_numparse=True)
 
 
 def format_robustness_table(results: pd.DataFrame, metric: str = "mae", change_label: str = "change") -> str:
