@@ -96,7 +96,7 @@ def main() -> None:
                 "p",
                 "--overwrite",
                 "--quiet",
-            ],  # fmt: skip
+            ],
             "robustness": [
                 "robustness",
                 "--checkpoint",
@@ -107,7 +107,7 @@ def main() -> None:
                 "r",
                 "--overwrite",
                 "--quiet",
-            ],  # fmt: skip
+            ],
         }
         for repeat in range(args.repeats):
             for command, argv in commands.items():
@@ -116,7 +116,7 @@ def main() -> None:
                     load = os.getloadavg()[0]
                     rows.append(
                         {"command": command, "threads": count, "repeat": repeat, "seconds": seconds, "load": load}
-                    )  # noqa: E501
+                    )
                     print(f"{command:<11} threads {count}: {seconds:6.1f} s (load {load:.1f})", flush=True)
     frame = pd.DataFrame(rows)
     summary = frame.groupby(["command", "threads"])["seconds"].agg(["median", "min", "max"]).reset_index()

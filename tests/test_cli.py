@@ -208,7 +208,7 @@ def test_train_with_and_without_noise_then_compare_robustness(tmp_path, sunspots
         "metric",
         "value",
         "seed",
-    ]  # noqa: E501
+    ]
     assert set(results["variant"]) == {
         "RecurrentNetwork + noise (additive 0.1, multiplicative 0.05)",
         "RecurrentNetwork",
@@ -220,7 +220,7 @@ def test_train_with_and_without_noise_then_compare_robustness(tmp_path, sunspots
     assert (
         clean.first()["RecurrentNetwork"]
         != clean.first()["RecurrentNetwork + noise (additive 0.1, multiplicative 0.05)"]
-    )  # noqa: E501
+    )
     series = pd.read_csv(tmp_path / "report" / "robustness_series.csv")
     assert "series" in series.columns and set(series["series"].astype(str)) == {"0"}
     one = series[(series.strength == 0) & (series.metric == "mae")].groupby("variant")["value"].first()

@@ -131,7 +131,7 @@ def test_a_quarterly_panel_trains_windows_with_real_dates():
             "max_prediction_length": 4,
             "validation": 16,
             "test": 16,
-        }  # fmt: skip
+        }
     )
     prepared, split = split_and_check(prepare_frame(long, spec))
     assert prepared.time_axis.freq == "QS-OCT" and split.test_start == 203 - 16

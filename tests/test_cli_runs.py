@@ -100,9 +100,18 @@ def test_predict_from_the_latest_history_only_with_monte_carlo_quantiles(macro_r
     latest = macro_frame().groupby("series").tail(12)  # exactly max_encoder_length quarters per series
     latest.to_csv(tmp_path / "latest.csv", index=False)
     result = nrnn(
-        "predict", "--run", str(macro_run), "--data", str(tmp_path / "latest.csv"), "--out", str(tmp_path / "o"),
-        "--samples", "40", "--seed", "1",
-    )  # fmt: skip
+        "predict",
+        "--run",
+        str(macro_run),
+        "--data",
+        str(tmp_path / "latest.csv"),
+        "--out",
+        str(tmp_path / "o"),
+        "--samples",
+        "40",
+        "--seed",
+        "1",
+    )
     assert result.returncode == 0, result.stderr
     forecasts = pd.read_csv(tmp_path / "o" / "forecasts.csv")
     levels = ["q0.05", "q0.1", "q0.25", "q0.5", "q0.75", "q0.9", "q0.95"]
@@ -231,7 +240,7 @@ ATTACKS = {
     "checkpoint (torch.save)": (
         "predict",
         "not a checkpoint that can be loaded safely (Trying to load unsupported GLOBAL",
-    ),  # noqa: E501
+    ),
     "checkpoint (bare pickle)": ("robustness", "is not a checkpoint written by torch.save (not a zip archive)"),
 }
 
@@ -268,7 +277,7 @@ def test_a_hostile_run_file_or_data_file_is_refused_without_running_it(macro_run
                 str(tmp_path / name),
                 "--out",
                 str(tmp_path / "t"),
-            ),  # noqa: E501
+            ),
         ):
             assert_input_error(nrnn(*argv), name)
         assert not marker.exists(), name
@@ -292,10 +301,24 @@ def test_named_variants_over_training_seeds_are_compared_paired_by_seed(tmp_path
             assert result.returncode == 0, result.stderr
     runs = tmp_path / "runs"
     result = nrnn(
-        "robustness", "--checkpoint", f"plain={runs}/plain_*", "--checkpoint", f"noisy={runs}/noisy_*",
-        "--data", str(tmp_path / "sunspots.csv"), "--perturbations", "white_noise", "--strengths", "0.4",
-        "--seeds", "1", "--metric", "mae", "--out", str(tmp_path / "report"),
-    )  # fmt: skip
+        "robustness",
+        "--checkpoint",
+        f"plain={runs}/plain_*",
+        "--checkpoint",
+        f"noisy={runs}/noisy_*",
+        "--data",
+        str(tmp_path / "sunspots.csv"),
+        "--perturbations",
+        "white_noise",
+        "--strengths",
+        "0.4",
+        "--seeds",
+        "1",
+        "--metric",
+        "mae",
+        "--out",
+        str(tmp_path / "report"),
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[1] == f"  plain: RecurrentNetwork; 2 run(s), seeds 0, 1 ({runs}/plain_*)"

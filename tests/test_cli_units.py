@@ -116,7 +116,7 @@ def test_example_run_file_and_the_reference_agree_on_every_default():
         else:
             assert value == defaults[section][key], (
                 f"examples/run.yaml {dotted}: {value!r}, schema default {defaults[section][key]!r}"
-            )  # noqa: E501
+            )
         checked += 1
     assert checked >= 40
 
@@ -126,7 +126,7 @@ def test_the_reference_page_is_generated_from_the_schema():
 
     assert Path("docs/run-file.md").read_text() == markdown_reference(), (
         "regenerate: nrnn schema --markdown > docs/run-file.md"
-    )  # noqa: E501
+    )
 
 
 def test_the_json_schema_describes_every_section():
@@ -549,7 +549,7 @@ def test_load_run_refuses_a_checkpoint_without_its_sidecar(tmp_path):
     (tmp_path / "model.nrnn.pt").write_bytes(b"an old pickled sidecar")
     with pytest.raises(
         InputError, match=r"model.nrnn.pt is the pickled sidecar of an older nrnn-plugin, which is never read"
-    ):  # noqa: E501
+    ):
         runs.load_run(tmp_path)
     (tmp_path / "model.nrnn.json").write_bytes(b"\x80\x04not json")
     with pytest.raises(InputError, match=r"is not an nrnn-plugin run sidecar \(expected JSON\)"):

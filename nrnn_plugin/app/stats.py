@@ -30,7 +30,7 @@ def _beta_fraction(a: float, b: float, x: float) -> float:
         for numerator in (
             m * (b - m) * x / ((a + m2 - 1) * (a + m2)),
             -(a + m) * (a + b + m) * x / ((a + m2) * (a + m2 + 1)),
-        ):  # noqa: E501
+        ):
             d = 1.0 + numerator * d
             d = 1.0 / (d if abs(d) > tiny else tiny)
             c = 1.0 + numerator / c

@@ -1,0 +1,71 @@
+"""Checkpoints of every model ``nrnn train`` supports load with ``weights_only=True`` and the allow-list alone
+(``nrnn_plugin/app/safe_load.py``), and predict / robustness work on them (trained in-process, tiny)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+pytest.importorskip("pytorch_forecasting")
+sm = pytest.importorskip("statsmodels.api")
+
+from nrnn_plugin.app import predict as predict_engine  # noqa: E402
+from nrnn_plugin.app import report, training  # noqa: E402
+from nrnn_plugin.app.data import load_training_data  # noqa: E402
+from nrnn_plugin.app.run_config import RunConfig  # noqa: E402
+from nrnn_plugin.app.runs import load_run  # noqa: E402
+from nrnn_plugin.app.variants import parse_variants  # noqa: E402
+
+MODELS = [
+    ("RecurrentNetwork", {"cell_type": "GRU", "loss": "RMSE"}, []),
+    ("DeepAR", {"loss": "NormalDistributionLoss"}, ["value"]),
+    ("TemporalFusionTransformer", {"loss": "QuantileLoss", "hidden_size": 8, "attention_head_size": 1}, ["value"]),
+]
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("name, model, known_reals", MODELS, ids=[m[0] for m in MODELS])
+def test_every_supported_model_round_trips_through_the_safe_loader(tmp_path, name, model, known_reals):
+    frame = sm.datasets.grunfeld.load_pandas().data.astype({"year": int})
+    frame.to_csv(tmp_path / "grunfeld.csv", index=False)
+    config = RunConfig.from_dict(
+        {
+            "data": {
+                "path": str(tmp_path / "grunfeld.csv"),
+                "time": "year",
+                "target": "invest",
+                "group_ids": ["firm"],
+                "known_reals": known_reals,
+                "static_reals": ["capital"] if name == "TemporalFusionTransformer" else [],
+                "max_encoder_length": 6,
+                "max_prediction_length": 2,
+                "normalizer": "group",
+                "validation": 3,
+                "test": 3,
+            },
+            "model": {"class": name, **({"hidden_size": 8} | model)},
+            "trainer": {"max_epochs": 1, "limit_train_batches": 2, "logger": "none"},
+            "noise": {"additive": 0.05, "seed": 0},
+            "output": {"dir": str(tmp_path / "run")},
+        }
+    )
+    config, prepared, split = load_training_data(config)
+    training.run_training(config, prepared, split)
+    run = load_run(tmp_path / "run")  # weights_only=True with the allow-list, or this raises
+    assert type(run.model).__name__ == name and "target_normalizer" in run.dataset_parameters
+
+    future = frame[frame["year"] >= 1953].assign(year=lambda f: f["year"] + 2, invest=None)
+    forecasts = predict_engine.predict(run, pd.concat([frame, future]))
+    assert len(forecasts) == 11 * 2 and forecasts["forecast"].notna().all()
+    if name != "RecurrentNetwork":  # QuantileLoss and DeepAR's distribution give quantiles
+        assert any(c.startswith("q0.") for c in forecasts.columns)
+    result = report.run_robustness_report(
+        variants=parse_variants([str(tmp_path / "run")]),
+        data_path=str(tmp_path / "grunfeld.csv"),
+        out_dir=tmp_path / "report",
+        perturbations=["white_noise", "fgsm"],
+        strengths=[0.2],
+        seeds=1,
+    )
+    assert set(result.results["metric"]) == {"mae", "smape", "mase"}
+    assert result.series["series"].nunique() == 11 and result.results["value"].notna().all()
