@@ -69,3 +69,30 @@ def test_every_supported_model_round_trips_through_the_safe_loader(tmp_path, nam
     )
     assert set(result.results["metric"]) == {"mae", "smape", "mase"}
     assert result.series["series"].nunique() == 11 and result.results["value"].notna().all()
+
+
+def test_tensorboard_logs_the_losses_sigmas_and_the_noise_configuration(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    frame = sm.datasets.sunspots.load_pandas().data.astype({"YEAR": int})
+    frame.to_csv(tmp_path / "spots.csv", index=False)
+    config = RunConfig.from_dict(
+        {
+            "data": {"path": str(tmp_path / "spots.csv"), "time": "YEAR", "target": "SUNACTIVITY",
+                     "max_encoder_length": 12, "max_prediction_length": 4, "validation": 30, "test": 30},
+            "model": {"hidden_size": 8},
+            "trainer": {"max_epochs": 2, "limit_train_batches": 2, "logger": "tensorboard"},
+            "noise": {"additive": 0.1, "multiplicative": 0.02},
+            "output": {"dir": str(tmp_path / "run")},
+        }
+    )  # fmt: skip
+    config, prepared, split = load_training_data(config)
+    training.run_training(config, prepared, split)
+    (events,) = (tmp_path / "run" / "logs").glob("events.out.tfevents.*")
+    accumulator = EventAccumulator(str(events))
+    accumulator.Reload()
+    tags = set(accumulator.Tags()["scalars"])
+    assert {"train_nrnn_sigma_additive", "train_nrnn_sigma_multiplicative", "val_loss"} <= tags
+    assert [e.value for e in accumulator.Scalars("train_nrnn_sigma_multiplicative")] == pytest.approx([0.02, 0.02])
+    assert "additive: 0.1" in (tmp_path / "run" / "logs" / "hparams.yaml").read_text()
