@@ -96,3 +96,16 @@ def test_tensorboard_logs_the_losses_sigmas_and_the_noise_configuration(tmp_path
     assert {"train_nrnn_sigma_additive", "train_nrnn_sigma_multiplicative", "val_loss"} <= tags
     assert [e.value for e in accumulator.Scalars("train_nrnn_sigma_multiplicative")] == pytest.approx([0.02, 0.02])
     assert "additive: 0.1" in (tmp_path / "run" / "logs" / "hparams.yaml").read_text()
+
+
+def test_mase_is_undefined_for_a_series_without_a_scale():
+    from nrnn_plugin.app.report import _without_undefined_mase
+    from nrnn_plugin.app.scoring import series_scales
+
+    frame = pd.DataFrame({"g": ["a"] * 4 + ["b"] * 4, "t": [0, 1, 2, 3] * 2, "y": [1.0, 2.0, 4.0, 7.0] + [5.0] * 4})
+    scales = series_scales(frame, ["g"], "t", "y", before=3)
+    assert scales["a"] == pytest.approx(1.5) and pd.isna(scales["b"])  # b is constant: no naive error to divide by
+    scores = pd.DataFrame({"metric": ["mase", "mase|a", "mase|b", "mae|b"], "value": [1.0, 1.0, 0.0, 2.0]})
+    cleaned = _without_undefined_mase(scores, scales)
+    assert cleaned["value"].isna().tolist() == [False, False, True, False]
+    assert _without_undefined_mase(scores.copy(), {"b": float("nan")})["value"].isna().tolist()[:1] == [True]

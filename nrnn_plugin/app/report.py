@@ -148,6 +148,15 @@ def _variant_names(variants: Sequence[Variant], runs: Sequence[Sequence[LoadedRu
     return names
 
 
+def _without_undefined_mase(scores: pd.DataFrame, scales: Mapping[str, float]) -> pd.DataFrame:
+    """MASE is undefined (``nan``) for a series without a scale (constant); pooled MASE when no series has one."""
+    undefined = {f"mase{SEP}{name}" for name, scale in scales.items() if not math.isfinite(scale)}
+    if len(undefined) == len(scales):
+        undefined.add("mase")
+    scores.loc[scores["metric"].isin(undefined), "value"] = math.nan
+    return scores
+
+
 def _split_series(results: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Pooled rows (``metric`` without ``|``) and per-series rows (``metric|series`` -> metric, series)."""
     per_series = results["metric"].str.contains(SEP, regex=False)
@@ -205,7 +214,7 @@ def run_robustness_report(
                 scores = evaluate_robustness(
                     {name: run.model}, dataset, {perturbation: values}, seeds=list(range(seeds)), task=task
                 )
-                scores = scores.rename(columns={"model": "variant"})
+                scores = _without_undefined_mase(scores.rename(columns={"model": "variant"}), scales)
                 scores.insert(1, "run", str(run.checkpoint.parent))
                 scores.insert(2, "train_seed", run.sidecar.get("seed"))
                 frames.append(scores)
@@ -216,7 +225,6 @@ def run_robustness_report(
     if len(counts) > 1:
         reporter.note(f"the runs have different evaluation windows ({sorted(counts)}): compare with care")
     pooled, series = _split_series(pd.concat(frames, ignore_index=True))
-    series.loc[(series["metric"] == "mase") & (series["value"] == 0.0), "value"] = math.nan  # constant series
     table = _report_text(pooled, series, names, variants, runs, metric, source, windows, counts, seeds)
     with folder as staging:
         pooled.to_csv(staging / "robustness.csv", index=False)

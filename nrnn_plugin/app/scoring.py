@@ -30,12 +30,15 @@ METRICS = ("mae", "smape", "mase")
 
 def series_scales(frame: pd.DataFrame, group_ids: list[str], time: str, target: str, before: int) -> dict[str, float]:
     """Per series: the mean absolute one-step change of ``target`` over the steps ``< before`` (the training
-    period), the denominator of MASE; series labels as :func:`series_labels` writes them."""
-    part = frame[frame[time] < before].sort_values([*group_ids, time])
+    period), the denominator of MASE; a series with fewer than two such steps uses all its rows (data files
+    that start after the training period). Series labels as :func:`series_labels` writes them; ``nan`` for a
+    constant series."""
     scales: dict[str, float] = {}
-    for key, rows in part.groupby(group_ids, sort=False, observed=True):
-        values = rows[target].to_numpy(dtype="float64")
+    for key, rows in frame.sort_values([*group_ids, time]).groupby(group_ids, sort=False, observed=True):
         label = "/".join(str(k) for k in (key if isinstance(key, tuple) else (key,)))
+        values = rows.loc[rows[time] < before, target].to_numpy(dtype="float64")
+        if len(values) < 2:
+            values = rows[target].to_numpy(dtype="float64")
         scale = float(np.mean(np.abs(np.diff(values)))) if len(values) > 1 else float("nan")
         scales[label] = scale if scale > 0 else float("nan")
     return scales
