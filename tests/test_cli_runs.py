@@ -332,3 +332,85 @@ def test_named_variants_over_training_seeds_are_compared_paired_by_seed(tmp_path
         nrnn("robustness", "--checkpoint", f"a={runs}/none_*", "--data", str(tmp_path / "sunspots.csv")),
         "no run folder or checkpoint matches",
     )
+
+
+# ---------------------------------------------------------------------------------------------- calendars, bad input
+
+
+def _calendar_table(kind: str) -> tuple[pd.DataFrame, str]:
+    """A table on the calendar ``kind`` and the date of its last row: real data where it ships offline."""
+    import numpy as np
+    import statsmodels.api as sm
+
+    if kind == "YE":  # sunspots, yearly, as year-end dates
+        frame = sunspots_frame()
+        frame["date"] = pd.to_datetime(frame["year"].astype(str) + "-12-31").dt.strftime("%Y-%m-%d")
+        return frame[["date", "spots"]].rename(columns={"spots": "y"}), "2008-12-31"
+    if kind == "W-SAT":  # Mauna Loa CO2, weekly on Saturdays
+        frame = sm.datasets.co2.load_pandas().data.reset_index(names="date").iloc[:400]
+        frame["date"] = frame["date"].dt.strftime("%Y-%m-%d")
+        return frame.rename(columns={"co2": "y"}), frame["date"].iloc[-1]
+    dates = pd.date_range("2024-01-01", periods=300, freq=kind)  # hourly or business days: no offline set
+    values = np.sin(np.arange(300) / 7.0) + 0.01 * np.arange(300)
+    return pd.DataFrame({"date": dates.strftime("%Y-%m-%d %H:%M:%S"), "y": values}), str(dates[-1])
+
+
+@pytest.mark.parametrize(
+    "kind, freq, first_forecast",
+    [("YE", "null", "2009-12-31"), ("W-SAT", "W", "1965-11-27"), ("h", "null", "2024-01-13 12:00:00"),
+     ("B", "B", "2025-02-24")],
+    ids=["yearly end (inferred)", "weekly (W read as W-SAT)", "hourly (inferred)", "business days (given)"],
+)  # fmt: skip
+def test_train_and_predict_on_other_calendars(tmp_path, kind, freq, first_forecast):
+    frame, _ = _calendar_table(kind)
+    frame.to_csv(tmp_path / "d.csv", index=False)
+    text = (
+        MACRO_RUN.replace("macro.csv", "d.csv")
+        .replace("time: quarter", "time: date")
+        .replace("freq: null", f"freq: {freq}")
+        .replace("target: value", "target: y")
+        .replace("  group_ids: [series]\n  static_categoricals: [series]\n", "")
+    )
+    run = write_run(tmp_path / "run.yaml", text)
+    result = nrnn("train", "--config", str(run), "--quiet")
+    assert result.returncode == 0, result.stderr
+    result = nrnn("predict", "--run", str(tmp_path / "runs" / "macro"), "--data", str(tmp_path / "d.csv"), "--quiet")
+    assert result.returncode == 0, result.stderr
+    forecasts = pd.read_csv(tmp_path / "runs" / "macro" / "predictions" / "forecasts.csv")
+    assert forecasts["date"].iloc[0] == first_forecast and list(forecasts["horizon"]) == [1, 2, 3, 4]
+
+
+BAD_INPUT = {
+    "config folder": (lambda d: ["--config", str(d)], "--config: '{d}' is a folder; expected a run file (YAML)"),
+    "txt data": (lambda d: ["--data", str(d / "d.txt")], "expected one of the suffixes"),
+    "infinite target": (lambda d: ["--data", str(d / "inf.csv")], "column 'y' has 1 infinite value(s) (rows [7])"),
+    "bad date": (lambda d: ["--data", str(d / "date.csv")], "(first at row 10: '2024-01-1x')"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUT))
+def test_bad_input_is_one_line_naming_what_is_wrong(tmp_path, case):
+    frame, _ = _calendar_table("D")
+    frame["date"] = pd.to_datetime(frame["date"]).dt.strftime("%Y-%m-%d")
+    frame.to_csv(tmp_path / "d.txt", index=False)
+    frame.assign(y=frame["y"].where(frame.index != 7, float("inf"))).to_csv(tmp_path / "inf.csv", index=False)
+    frame.assign(date=frame["date"].where(frame.index != 10, "2024-01-1x")).to_csv(tmp_path / "date.csv", index=False)
+    single = MACRO_RUN.replace("  group_ids: [series]\n  static_categoricals: [series]\n", "")
+    run = write_run(
+        tmp_path / "run.yaml", single.replace("time: quarter", "time: date").replace("target: value", "target: y")
+    )
+    argv, message = BAD_INPUT[case]
+    args = argv(tmp_path)
+    if case != "config folder":
+        args = ["--config", str(run), *args]
+    assert_input_error(nrnn("train", *args), message.format(d=tmp_path))
+
+
+def test_unknown_reals_with_a_recurrent_network_names_the_role_to_change(tmp_path):
+    text = MACRO_RUN.replace("  static_categoricals: [series]\n", "  unknown_reals: [other]\n")
+    run = write_run(tmp_path / "run.yaml", text)
+    assert_input_error(
+        nrnn("train", "--config", str(run)),
+        "data.unknown_reals: RecurrentNetwork decodes autoregressively",
+        "move ['other'] to data.known_reals",
+    )
