@@ -33,6 +33,13 @@ _CHOICES = {
     ("Schedule", "interval"): noise_config.SCHEDULE_INTERVALS,
 }
 
+#: Bounds stricter than the type's (``NoiseConfig`` checks them; the schema tells editors).
+_BOUNDS = {
+    ("NoiseConfig", "dt"): {"exclusiveMinimum": 0},
+    ("NoiseConfig", "probes"): {"minimum": 1},
+    ("Schedule", "final"): {"maximum": 1},
+}
+
 
 def _descriptions(cls: type) -> dict[str, str]:
     """``name: text`` entries of the class docstring (continuation lines joined, RST markup dropped)."""
@@ -63,6 +70,9 @@ def _object(cls: type, title: str) -> dict[str, Any]:
             choices = _CHOICES.get((cls.__name__, field.name))
             if choices:
                 entry = {"type": "string", "enum": list(choices)}
+            entry.update(_BOUNDS.get((cls.__name__, field.name), {}))
+            if "exclusiveMinimum" in entry:
+                entry.pop("minimum", None)
             default = field.default
             entry["default"] = list(default) if isinstance(default, tuple) else default
         if field.name in described:

@@ -64,6 +64,10 @@ def _type(node: dict[str, Any]) -> str:
             text.append(f"number in ({node.get('exclusiveMinimum', '-inf')}, {node['exclusiveMaximum']})")
         elif k == "number" and "exclusiveMinimum" in node:
             text.append(f"number > {node['exclusiveMinimum']}")
+        elif k == "number" and "maximum" in node:
+            text.append(f"number in [{node.get('minimum', '-inf')}, {node['maximum']}]")
+        elif k == "number" and "minimum" in node:
+            text.append(f"number >= {node['minimum']}")
         else:
             text.append(str(k))
     return " or ".join(text)
