@@ -39,7 +39,7 @@ from pydantic import (
 from nrnn_plugin.app.errors import ConfigError, DataError, InputError
 from nrnn_plugin.app.noise_schema import noise_json_schema
 from nrnn_plugin.app.schema_errors import format_validation_error
-from nrnn_plugin.app.schema_types import Count, Names, TestSize, Text, ValSize, fail
+from nrnn_plugin.app.schema_types import BatchLimit, Count, Names, TestSize, Text, ValSize, fail
 from nrnn_plugin.config import NoiseConfig, yaml_loader
 
 __all__ = [
@@ -237,7 +237,7 @@ class TrainerSpec(Section):
     gradient_clip_val: Annotated[float, Field(strict=True, gt=0, allow_inf_nan=False)] | None = Field(
         1.0, description="gradient norm clipping; null: off"
     )
-    limit_train_batches: ValSize | None = Field(
+    limit_train_batches: BatchLimit | None = Field(
         None, description="cap batches per epoch: an integer, or a fraction of them; null: all"
     )
     early_stopping_patience: Count | None = Field(

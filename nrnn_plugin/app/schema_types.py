@@ -14,7 +14,7 @@ from pydantic_core import PydanticCustomError
 
 from nrnn_plugin.validation import check_names
 
-__all__ = ["fail", "Names", "Text", "Count", "ValSize", "TestSize"]
+__all__ = ["fail", "Names", "Text", "Count", "ValSize", "TestSize", "BatchLimit"]
 
 
 def fail(message: str) -> PydanticCustomError:
@@ -37,16 +37,19 @@ Names = Annotated[
 ]
 Text = Annotated[str, Field(min_length=1, strict=True)]
 Count = Annotated[int, Field(ge=1, strict=True)]
-_SPLIT_JSON = {
-    "anyOf": [
-        {"type": "integer", "minimum": 1, "description": "a number of time steps"},
-        {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1, "description": "a fraction of the span"},
-    ]
-}
 
 
-def _split_check(allow_zero: bool) -> Any:
-    allowed = "a number of time steps (integer >= 1) or a fraction in (0, 1)" + (" or 0" if allow_zero else "")
+def _size_json(unit: str, of: str) -> dict[str, Any]:
+    return {
+        "anyOf": [
+            {"type": "integer", "minimum": 1, "description": f"a number of {unit}"},
+            {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1, "description": f"a fraction of {of}"},
+        ]
+    }
+
+
+def _size_check(allow_zero: bool, unit: str = "time steps") -> Any:
+    allowed = f"a number of {unit} (integer >= 1) or a fraction in (0, 1)" + (" or 0" if allow_zero else "")
 
     def check(value: Any) -> float | int:
         if not isinstance(value, bool) and isinstance(value, (int, float)):
@@ -59,9 +62,13 @@ def _split_check(allow_zero: bool) -> Any:
     return check
 
 
-ValSize = Annotated[int | float, PlainValidator(_split_check(False)), WithJsonSchema(_SPLIT_JSON)]
+_SPAN = _size_json("time steps", "the time span")
+ValSize = Annotated[int | float, PlainValidator(_size_check(False)), WithJsonSchema(_SPAN)]
 TestSize = Annotated[
     int | float,
-    PlainValidator(_split_check(True)),
-    WithJsonSchema({"anyOf": [*_SPLIT_JSON["anyOf"], {"const": 0, "description": "no test part"}]}),
+    PlainValidator(_size_check(True)),
+    WithJsonSchema({"anyOf": [*_SPAN["anyOf"], {"const": 0, "description": "no test part"}]}),
+]
+BatchLimit = Annotated[
+    int | float, PlainValidator(_size_check(False, "batches")), WithJsonSchema(_size_json("batches", "the epoch"))
 ]
