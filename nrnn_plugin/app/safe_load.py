@@ -103,7 +103,12 @@ def allowed_globals() -> list[Any]:
 @contextmanager
 def safe_globals() -> Iterator[None]:
     """Inside the block, ``torch.load(weights_only=True)`` also accepts :data:`ALLOWED` (and nothing else)."""
-    with torch.serialization.safe_globals(allowed_globals()):
+    scoped = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
+    if scoped is None:  # torch 2.4: the same allow-list, registered for the process
+        torch.serialization.add_safe_globals(allowed_globals())
+        yield
+        return
+    with scoped(allowed_globals()):
         yield
 
 
