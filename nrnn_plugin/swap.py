@@ -33,6 +33,7 @@ ModuleT = TypeVar("ModuleT", bound=nn.Module)
 #: Recurrent base classes: a module of these types that no adapter handles is an error, not a silent skip.
 RECURRENT_BASES: tuple[type[nn.Module], ...] = (nn.RNNBase, nn.RNNCellBase)
 
+
 def _wrapped(model: nn.Module) -> str | None:
     """The attribute under which a wrapper holds the user's model (data parallel: ``module``, a
     ``torch.compile``-d module: ``_orig_mod``), or ``None`` for any other module."""
