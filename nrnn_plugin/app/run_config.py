@@ -40,7 +40,8 @@ from nrnn_plugin.app.errors import ConfigError, DataError, InputError
 from nrnn_plugin.app.noise_schema import noise_json_schema
 from nrnn_plugin.app.schema_errors import format_validation_error
 from nrnn_plugin.app.schema_types import BatchLimit, Count, Names, TestSize, Text, ValSize, fail
-from nrnn_plugin.config import NoiseConfig, yaml_loader
+from nrnn_plugin.config import NoiseConfig
+from nrnn_plugin.yaml_io import load_yaml
 
 __all__ = [
     "InputError",
@@ -321,12 +322,11 @@ def _resolve(path: str | None, base: Path) -> str | None:
 
 
 def load_run_config(path: str | os.PathLike[str]) -> RunConfig:
-    """Read and validate a run file (YAML, safe loading; ``1e-3`` is a number).
+    """Read and validate a run file (the project's YAML dialect, :mod:`nrnn_plugin.yaml_io`: safe loading,
+    YAML 1.2 numbers and booleans, duplicate keys refused).
 
     ``data.path`` and ``output.dir`` are resolved relative to the run file's folder.
     """
-    import yaml
-
     file = Path(path)
     if file.is_dir():
         raise InputError(
@@ -336,14 +336,11 @@ def load_run_config(path: str | os.PathLike[str]) -> RunConfig:
         folder = "" if file.parent.is_dir() else " (no such folder)"
         raise InputError(f"config file not found: {str(file)!r}{folder}")
     try:
-        data = yaml.load(file.read_text(), Loader=yaml_loader())
+        data = load_yaml(file.read_text(), str(file))
     except UnicodeDecodeError:
         raise ConfigError(f"{file}: not a text file; expected a run file (YAML)") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{file}: not valid YAML{where}: {problem}") from None
+    except ValueError as exc:  # the dialect's message: file, line, column and the problem
+        raise ConfigError(str(exc)) from None
     if data is None:
         raise ConfigError(f"{file}: the file is empty; it needs at least a 'data' section")
     config = RunConfig.from_dict(data)

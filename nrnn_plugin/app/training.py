@@ -37,6 +37,7 @@ from nrnn_plugin.app.run_config import ModelSpec, RunConfig, TrainerSpec
 from nrnn_plugin.app.runs import CHECKPOINT_NAME, SIDECAR_SUFFIX, sidecar_text
 from nrnn_plugin.app.tracking import make_logger, run_hyperparameters
 from nrnn_plugin.config import NoiseConfig
+from nrnn_plugin.yaml_io import dump_yaml
 
 __all__ = [
     "noise_label",
@@ -262,8 +263,6 @@ def run_training(
     ``prepared`` and ``split`` come from :func:`nrnn_plugin.app.data.load_training_data`. ``out_dir``
     overrides ``output.dir``; an existing non-empty folder is replaced only with ``overwrite``.
     """
-    import yaml
-
     reporter = reporter or NullReporter()
     trainer_spec = config.trainer.replace(**dict(trainer_overrides or {}))
     config = config.replace(trainer=trainer_spec)
@@ -315,7 +314,7 @@ def run_training(
             "seed": trainer_spec.seed,
         }
         (staging / CHECKPOINT_NAME).with_suffix(SIDECAR_SUFFIX).write_text(sidecar_text(sidecar))
-        (staging / "run.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        (staging / "run.yaml").write_text(dump_yaml(config.to_dict()))  # read back by the same dialect
     out = folder.target
     checkpoint = out / CHECKPOINT_NAME
     return TrainingResult(
