@@ -31,6 +31,7 @@ import pandas as pd
 from nrnn_plugin.app import report, training
 from nrnn_plugin.app.data import prepare_frame, split_and_check
 from nrnn_plugin.app.datasets import build_datasets
+from nrnn_plugin.app.outputs import OutputFolder
 from nrnn_plugin.app.progress import NullReporter, Reporter
 from nrnn_plugin.app.run_config import DataSpec, ModelSpec, TrainerSpec
 from nrnn_plugin.config import NoiseConfig
@@ -129,11 +130,11 @@ def run_demo(
     epochs: int | None = None,
     seed: int = 0,
     noise: float | None = None,
+    overwrite: bool = False,
     reporter: Reporter | None = None,
 ) -> DemoResult:
-    """Train, evaluate and compare; write CSV and PNG into ``out_dir``. ``seed`` offsets the training seeds."""
-    from nrnn_plugin.robustness import plot_robustness
-
+    """Train, evaluate and compare; write CSV and PNG into ``out_dir`` (all or nothing; an existing non-empty
+    folder only with ``overwrite``). ``seed`` offsets the training seeds."""
     reporter = reporter or NullReporter()
     if dataset not in SETTINGS:
         raise ValueError(f"run_demo: dataset must be one of {DATASETS}, got {dataset!r}")
@@ -143,8 +144,15 @@ def run_demo(
     if noise is not None:
         settings = replace(settings, noise=noise)
     seeds = tuple(seed + s for s in settings.seeds)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    folder = OutputFolder(out_dir, overwrite=overwrite)
+    with folder as staging:
+        result = _run(staging, settings, seeds, dataset, reporter)
+    out = folder.target
+    return DemoResult(results=result.results, table=result.table, files=[out / f.name for f in result.files])
+
+
+def _run(out: Path, settings: DemoSettings, seeds: tuple[int, ...], dataset: str, reporter: Reporter) -> DemoResult:
+    from nrnn_plugin.robustness import plot_robustness
 
     raw, spec, csv_name = load_dataset(dataset)
     data_file = out / csv_name

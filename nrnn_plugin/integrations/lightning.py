@@ -18,7 +18,8 @@ What the callback does during ``fit``:
 * Noise is injected in training forwards only. Validation inside ``fit``, ``test`` and ``predict`` run in
   eval mode, which is the original fused forward: noise-free and bit-identical to the plain model.
 * The config's schedule sets the noise level before every training batch (``Schedule.factor`` of the global
-  step or the epoch); the level is logged as ``train_nrnn_noise_level``.
+  step or the epoch); the level is logged as ``train_nrnn_noise_level``, and the sigmas in effect (the
+  configured levels times that factor) as ``train_nrnn_sigma_additive`` and ``train_nrnn_sigma_multiplicative``.
 * With ``mode="regularizer"`` or ``"both"`` the model instance's ``training_step`` is wrapped: the explicit
   regularizer (``docs/regularizer.md``) is added to the returned loss and logged as ``train_nrnn_reg``. Its
   passes start from the global RNG state the step started from (the same dropout masks and sampled windows as
@@ -72,6 +73,7 @@ __all__ = ["NoisyRNNCallback", "LossClosure", "default_loss_closure", "logging_s
 _CallbackBase: Any = callback_base()
 
 LEVEL_METRIC = "train_nrnn_noise_level"
+SIGMA_METRICS = {"additive": "train_nrnn_sigma_additive", "multiplicative": "train_nrnn_sigma_multiplicative"}
 REG_METRIC = "train_nrnn_reg"
 _STATE_VERSION = 1
 
@@ -191,7 +193,11 @@ class NoisyRNNCallback(_CallbackBase):
         progress = trainer.global_step if schedule.interval == "step" else trainer.current_epoch
         self.level = schedule.factor(progress)
         set_noise_level(pl_module, self.level)
-        pl_module.log(LEVEL_METRIC, self.level, on_step=True, on_epoch=False, batch_size=batch_size(batch))
+        size = batch_size(batch)
+        pl_module.log(LEVEL_METRIC, self.level, on_step=True, on_epoch=False, batch_size=size)
+        for name, metric in SIGMA_METRICS.items():
+            sigma = getattr(self.config, name) * self.level
+            pl_module.log(metric, sigma, on_step=True, on_epoch=False, batch_size=size)
 
     # ------------------------------------------------------------------ checkpoint state
     def state_dict(self) -> dict[str, Any]:
