@@ -48,6 +48,7 @@ import torch
 from torch import Tensor
 
 from nrnn_plugin.config import NoiseConfig
+from nrnn_plugin.divergence import FiniteWatch
 from nrnn_plugin.integrations.distributions import callback_base
 from nrnn_plugin.integrations.steps import (
     LossClosure,
@@ -63,6 +64,7 @@ from nrnn_plugin.plugins.manager import PluginError, first_result
 from nrnn_plugin.regularizer import regularized_loss
 from nrnn_plugin.runtime import noise_runtimes, set_noise_level
 from nrnn_plugin.swap import is_noisy, register_noise, remove_noise
+from nrnn_plugin.validation import check_bool
 
 if TYPE_CHECKING:  # either distribution's classes; only their hooks are used
     from lightning.pytorch import LightningModule, Trainer
@@ -93,6 +95,9 @@ class NoisyRNNCallback(_CallbackBase):
             NeuralForecast models),
             else :func:`default_loss_closure` (LightningModules whose ``training_step`` only logs besides
             computing the loss).
+        check_finite: watch the noisy forwards of ``fit`` and warn once, with the noise levels in effect, when
+            one returns non-finite values (:class:`nrnn_plugin.divergence.FiniteWatch`; one ``isfinite``
+            reduction per noisy forward, so opt-in).
 
     The callback is a no-op when the config is disabled (``enabled: false``) or injects no noise (both
     levels zero). A model that is already noisy when ``fit`` starts keeps its own noise registration; the
@@ -105,10 +110,13 @@ class NoisyRNNCallback(_CallbackBase):
         *,
         use_env: bool = False,
         loss_closure: LossClosure | None = None,
+        check_finite: bool = False,
     ) -> None:
         super().__init__()
         self.config = _coerce_config(config, use_env)
         self.loss_closure = loss_closure
+        self.check_finite = check_bool("NoisyRNNCallback.check_finite", check_finite)
+        self._watch: FiniteWatch | None = None
         self._module: LightningModule | None = None
         self._registered_here = False
         self._wrapped_step = False
@@ -123,16 +131,25 @@ class NoisyRNNCallback(_CallbackBase):
 
     # ------------------------------------------------------------------ copies and pickles
     def __reduce__(self) -> tuple[Any, ...]:
-        """The class and the config as plain data (``NoiseConfig.to_dict``), plus a custom ``loss_closure``."""
-        if self.loss_closure is None:
+        """The class and the config as plain data (``NoiseConfig.to_dict``), plus a custom ``loss_closure`` and
+        the ``check_finite`` switch when they differ from the defaults."""
+        state: dict[str, Any] = {}
+        if self.loss_closure is not None:
+            state["loss_closure"] = self.loss_closure
+        if self.check_finite:
+            state["check_finite"] = True
+        if not state:
             return (type(self), (self.config.to_dict(),))
-        return (type(self), (self.config.to_dict(),), {"loss_closure": self.loss_closure})
+        return (type(self), (self.config.to_dict(),), state)
 
     def __setstate__(self, state: Mapping[str, Any]) -> None:
-        unknown = sorted(set(state) - {"loss_closure"})
+        unknown = sorted(set(state) - {"loss_closure", "check_finite"})
         if unknown:
-            raise ValueError(f"NoisyRNNCallback: unexpected pickled state {unknown}; expected only 'loss_closure'")
+            raise ValueError(
+                f"NoisyRNNCallback: unexpected pickled state {unknown}; expected 'loss_closure' or 'check_finite'"
+            )
         self.loss_closure = state.get("loss_closure")
+        self.check_finite = check_bool("NoisyRNNCallback.check_finite", state.get("check_finite", False))
 
     def __copy__(self) -> NoisyRNNCallback:
         return self._detached_copy(lambda value: value)
@@ -151,6 +168,7 @@ class NoisyRNNCallback(_CallbackBase):
             _registered_here=False,
             _wrapped_step=False,
             _previous_step=None,
+            _watch=None,
             _source_states=copy_value(self._current_source_states()),
             _pending=copy_value(self._pending),
         )
@@ -174,6 +192,8 @@ class NoisyRNNCallback(_CallbackBase):
         self._load_sources(self._source_states)
         if self.config.uses_regularizer:
             self._wrap_training_step(pl_module)
+        if self.check_finite:
+            self._watch = FiniteWatch(pl_module, lambda: f"global step {trainer.global_step}")
         self._apply_pending()
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -223,6 +243,9 @@ class NoisyRNNCallback(_CallbackBase):
         if self._module is None:
             return
         self._source_states = self._current_source_states()
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
         if self._wrapped_step:
             if self._previous_step is None:
                 pl_module.__dict__.pop("training_step", None)
