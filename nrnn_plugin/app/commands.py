@@ -16,7 +16,16 @@ from typing import Any
 from nrnn_plugin.app.errors import InputError
 from nrnn_plugin.app.progress import StderrReporter
 
-__all__ = ["cmd_plugins", "cmd_train", "cmd_robustness", "cmd_demo", "cmd_bench", "format_plugin_report", "DEBUG_VAR"]
+__all__ = [
+    "cmd_plugins",
+    "cmd_train",
+    "cmd_tune",
+    "cmd_robustness",
+    "cmd_demo",
+    "cmd_bench",
+    "format_plugin_report",
+    "DEBUG_VAR",
+]
 
 EXIT_OK = 0
 DEBUG_VAR = "NRNN_DEBUG"
@@ -210,6 +219,28 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     result = bench.run_bench(quick=args.quick, tiny=args.tiny, clock=args.clock, out_dir=args.out, reporter=reporter)
     print(result.table)
+    for path in result.files:
+        reporter.note(f"wrote {path}")
+    return EXIT_OK
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    set_threads(args.threads)
+    reporter = StderrReporter(quiet=args.quiet)
+    require("tune", (*FORECASTING, "optuna", "optuna_integration"), "forecasting,tune")
+    from nrnn_plugin.app import training, tune  # noqa: F401 (Lightning imported before it is quietened)
+
+    quiet_frameworks()
+    result = tune.run_tune(
+        args.config,
+        out_dir=args.out,
+        trials=args.trials,
+        storage=args.storage,
+        data_path=args.data,
+        max_epochs=args.max_epochs,
+        reporter=reporter,
+    )
+    print(tune.format_summary(result, args.out))
     for path in result.files:
         reporter.note(f"wrote {path}")
     return EXIT_OK

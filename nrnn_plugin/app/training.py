@@ -16,7 +16,7 @@ from __future__ import annotations
 import inspect
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -182,12 +182,14 @@ def fit_model(
     out_dir: str | Path | None,
     label: str = "model",
     reporter: Reporter | None = None,
+    callbacks: Sequence[pl.Callback] = (),
 ) -> TrainedModel:
     """Train ``model``, with :class:`~nrnn_plugin.integrations.lightning.NoisyRNNCallback` when ``noise`` injects.
 
     Weights, batch order and dropout are seeded with ``trainer_spec.seed`` before the model is built by the
     caller and again here; the noise streams come from ``noise.seed`` (or that seed). The best epoch by
-    validation loss is restored (and written to ``out_dir/model.ckpt`` when ``out_dir`` is given).
+    validation loss is restored (and written to ``out_dir/model.ckpt`` when ``out_dir`` is given). ``callbacks``
+    are added to the trainer's (``nrnn tune``'s pruning callback).
     """
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
@@ -195,7 +197,7 @@ def fit_model(
 
     reporter = reporter or NullReporter()
     pl.seed_everything(trainer_spec.seed, verbose=False)
-    callbacks: list[pl.Callback] = [ProgressCallback(label, reporter, trainer_spec.max_epochs)]
+    callbacks = [ProgressCallback(label, reporter, trainer_spec.max_epochs), *callbacks]
     if noise is not None and noise.has_noise:
         callbacks.append(NoisyRNNCallback(noise))
     work_dir = Path(out_dir) if out_dir is not None else None
