@@ -327,7 +327,10 @@ def evaluate_job(job: tuple[str, str, dict[str, Any], int, str, str]) -> list[di
             for p, s, v in rows
         ]
 
-    rows = _cached(Path(work) / "runs" / name / f"{arm}_{key}_seed{seed}.json", run)
+    path = Path(work) / "runs" / name / f"{arm}_{key}_seed{seed}.json"
+    if os.environ.get("EVIDENCE_CACHED_ONLY") and not path.exists():
+        return []  # --cached-only: report what has finished
+    rows = _cached(path, run)
     return [{**row, "arm": label} for row in rows]
 
 
@@ -456,7 +459,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=Path("outputs/evidence"))
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--quick", action="store_true", help="smoke test: 2 seeds, 3 trials, 3 epochs")
+    parser.add_argument(
+        "--cached-only", action="store_true", help="evaluate: use finished runs only (report a partial study)"
+    )
     args = parser.parse_args(argv)
+    if args.cached_only:
+        os.environ["EVIDENCE_CACHED_ONLY"] = "1"
     if args.quick:
         args.seeds, args.trials = 2, 3
         for budget in BUDGET.values():
@@ -498,6 +506,8 @@ def main(argv: list[str] | None = None) -> int:
             jobs_e.sort(key=lambda j: (j[1] != "regularizer", j[0] != "ECG5000", j[5] != "plain"))  # longest first
             rows = []
             for result in pool.map(evaluate_job, jobs_e):
+                if not result:
+                    continue
                 r = result[0]
                 rows.extend(result)
                 print(
