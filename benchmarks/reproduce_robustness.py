@@ -451,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--datasets", nargs="+", default=["ItalyPowerDemand", "digits", "ECG5000", "M3quarterly"])
     parser.add_argument("--arms", nargs="+", default=list(ARMS))
-    parser.add_argument("--seeds", type=int, default=10, help="evaluation seeds per arm (0..N-1)")
+    parser.add_argument("--seeds", type=int, default=8, help="evaluation seeds per arm (0..N-1)")
     parser.add_argument("--trials", type=int, default=8, help="trials per tuned arm, the plain trial 0 included")
     parser.add_argument("--tolerance", type=float, default=0.01, help="rule: allowed relative clean loss")
     parser.add_argument("--stage", choices=("tune", "evaluate", "report", "all"), default="all")
@@ -505,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
                         (d, run_arm, params if run_arm != "plain" else {}, s, str(args.work), a)
                         for s in range(args.seeds)
                     ]
-            jobs_e.sort(key=lambda j: (j[1] != "regularizer", j[0] != "ECG5000", j[5] != "plain"))  # longest first
+            jobs_e.sort(key=lambda j: j[3])  # seed by seed: a study stopped early still has complete pairs
             rows = []
             for result in pool.map(evaluate_job, jobs_e):
                 if not result:
