@@ -107,12 +107,13 @@ def test_help_and_plugins_do_not_import_lightning_or_forecasting():
                 main(["--help"])
             except SystemExit as exit:
                 assert exit.code == 0
-        for command in ("demo", "train", "robustness", "bench", "plugins"):
+        for command in ("demo", "train", "tune", "robustness", "bench", "plugins"):
             assert command in out.getvalue(), command
         with contextlib.redirect_stdout(io.StringIO()) as out:
             assert main(["plugins", "--json"]) == 0
         assert {e["name"] for e in json.loads(out.getvalue())} >= {"builtin", "torch", "forecasting", "nrnn"}
         frameworks = ("lightning", "pytorch_lightning", "pytorch_forecasting", "darts", "neuralforecast", "gluonts")
+        frameworks += ("optuna",)
         heavy = sorted(m for m in sys.modules if m.split(".")[0] in frameworks)
         assert not heavy, heavy
         """
