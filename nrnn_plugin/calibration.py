@@ -122,7 +122,9 @@ def choose_scale(
     """The smallest inference noise scale whose central ``level`` band covers ``level`` of the validation targets.
 
     ``sample(scale) -> [N, T, S]`` draws validation forecasts at that noise scale (e.g. a ``forecast_samples``
-    closure). Returns the scale (the largest tried if none reaches the level) and every ``(scale, coverage)``.
+    closure). Returns the scale and every ``(scale, coverage)`` tried. When no scale reaches the level, the one
+    with the highest validation coverage: coverage need not grow with the scale, because stronger noise also
+    moves the median of the paths away from the targets.
     """
     level = _check_level(level)
     tried: list[tuple[float, float]] = []
@@ -131,4 +133,4 @@ def choose_scale(
         tried.append((scale, coverage(lo, hi, target).fraction))
         if tried[-1][1] >= level:
             return scale, tried
-    return tried[-1][0], tried
+    return max(tried, key=lambda pair: pair[1])[0], tried

@@ -134,6 +134,24 @@ def test_noisy_lstm_bands_calibrated_on_validation_windows_cover_on_test_windows
     assert calibrated.width > raw.width
 
     scale, tried = choose_scale(lambda s: sample(val, s), y[val], 0.8, scales=(1.0, 4.0, 16.0, 64.0))
-    assert tried[0][0] == 1.0 and [c for _, c in tried] == sorted(c for _, c in tried)  # wider with scale
-    assert scale == tried[-1][0] or tried[-1][1] >= 0.8
+    assert tried[0][0] == 1.0 and tried[1][1] > tried[0][1]  # wider noise, wider bands
+    assert tried[-1][1] >= 0.8 or scale == max(tried, key=lambda pair: pair[1])[0]
     assert math.isfinite(scale)
+
+
+def test_choose_scale_stops_at_the_level_or_takes_the_best_coverage():
+    g = torch.Generator().manual_seed(0)
+    target = torch.randn(2000, 1, generator=g)
+    noise = torch.randn(2000, 1, 200, generator=g)
+
+    def widening(scale: float) -> torch.Tensor:  # centred paths: coverage grows with the scale
+        return 0.3 * scale * noise
+
+    scale, tried = choose_scale(widening, target, 0.8, scales=(1.0, 2.0, 4.0, 8.0, 16.0))
+    assert scale == 4.0 and [s for s, _ in tried] == [1.0, 2.0, 4.0]  # path sd 1.2 >= target sd 1: stops there
+
+    def drifting(scale: float) -> torch.Tensor:  # the median moves away as the noise grows
+        return 0.3 * noise + (scale - 1.0)
+
+    scale, tried = choose_scale(drifting, target, 0.8, scales=(1.0, 2.0, 3.0))
+    assert scale == 1.0 and len(tried) == 3
