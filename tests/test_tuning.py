@@ -210,3 +210,23 @@ def test_two_workers_share_one_sqlite_study(tmp_path):
 def test_import_nrnn_plugin_does_not_import_optuna():
     code = "import sys, nrnn_plugin; assert 'optuna' not in sys.modules and 'nrnn_plugin.tuning' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_lightning_pruning_callback_only_for_prunable_non_baseline_trials(tmp_path):
+    pytest.importorskip("optuna_integration")
+    pytest.importorskip("lightning")
+    from optuna_integration import PyTorchLightningPruningCallback
+
+    from nrnn_plugin.integrations.tuning import pruning_callback
+
+    seen = {}
+
+    def record(candidate):
+        seen[candidate.number] = pruning_callback(candidate, monitor="val_loss")
+        return objective(candidate)
+
+    tune(record, None, n_trials=2, out_dir=tmp_path / "c", objective="constrained")
+    assert seen[0] == [] and isinstance(seen[1][0], PyTorchLightningPruningCallback)
+    assert seen[1][0].monitor == "val_loss"
+    tune(record, None, n_trials=2, out_dir=tmp_path / "p", objective="pareto")
+    assert seen[1] == []  # Optuna cannot prune a multi-objective study
