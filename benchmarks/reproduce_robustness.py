@@ -24,7 +24,7 @@ with its t-based 95% interval and the number of seeds that improved (:mod:`nrnn_
 
 Stages ``--stage tune|evaluate|report|all``; every finished trial and run is cached under ``--work``
 (default ``outputs/evidence``), so an interrupted study continues where it stopped. Small results go to
-``benchmarks/results/evidence_*.csv`` and ``evidence_summary.md``.
+``benchmarks/results/evidence_*.csv`` and ``benchmarks/results/evidence_summary.md``.
 """
 
 from __future__ import annotations
@@ -499,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
             pd.DataFrame(chosen).round(6).to_csv(chosen_path, index=False)
         if args.stage in ("evaluate", "all"):
             chosen_frame = pd.read_csv(chosen_path)
-            jobs_e = []
+            jobs_e: list[tuple[str, str, dict[str, Any], int, str, str]] = []
             for d in args.datasets:
                 for a in args.arms:
                     params: dict[str, Any] = {}
@@ -514,11 +514,11 @@ def main(argv: list[str] | None = None) -> int:
                     ]
             jobs_e.sort(key=lambda j: j[3])  # seed by seed: a study stopped early still has complete pairs
             rows = []
-            for result in pool.map(evaluate_job, jobs_e):
-                if not result:
+            for runs in pool.map(evaluate_job, jobs_e):
+                if not runs:
                     continue
-                r = result[0]
-                rows.extend(result)
+                r = runs[0]
+                rows.extend(runs)
                 print(
                     f"[{time.perf_counter() - start:6.0f}s] {r['dataset']} {r['arm']} seed {r['seed']}: clean {r['value']:.4f} "
                     f"(epoch {r['best_epoch']}/{r['epochs_run']}, {r['seconds']:.0f}s + {r['eval_seconds']:.0f}s)",
