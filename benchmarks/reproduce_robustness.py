@@ -74,7 +74,7 @@ BUDGET = {
     "ECG5000": dict(hidden=32, epochs=80, batch=64, patience=15, lr=3e-3),
     "FaceAll": dict(hidden=64, epochs=60, batch=64, patience=12, lr=3e-3),
     "ItalyPowerDemand": dict(hidden=32, epochs=80, batch=16, patience=20, lr=3e-3),
-    "digits": dict(hidden=32, epochs=30, batch=64, patience=8, lr=3e-3),
+    "digits": dict(hidden=32, epochs=80, batch=64, patience=10, lr=3e-3),
     "M3quarterly": dict(hidden=32, epochs=40, batch=128, patience=8, lr=3e-3),
     "Tourismquarterly": dict(hidden=32, epochs=40, batch=128, patience=8, lr=3e-3),
 }
@@ -249,6 +249,12 @@ def _cached(path: Path, compute: Any) -> Any:
     return value
 
 
+def _tag(name: str) -> str:
+    """Cache folder of a data set: its name and training budget (a changed budget never reuses old runs)."""
+    budget = BUDGET[name]
+    return f"{name}_h{budget['hidden']}_e{budget['epochs']}_p{budget['patience']}"
+
+
 def _direction(name: str) -> str:
     return "maximize" if name in data_sets.CLASSIFICATION else "minimize"
 
@@ -283,9 +289,9 @@ def tune_job(job: tuple[str, str, int, str, float]) -> dict[str, Any]:
                 "train_seconds": info["seconds"],
             }
 
-        return _cached(cache / name / f"{key}.json", run)
+        return _cached(cache / _tag(name) / f"{key}.json", run)
 
-    out = Path(work) / "studies" / f"{name}_{arm}"
+    out = Path(work) / "studies" / f"{_tag(name)}_{arm}"
     result = tune(
         train_and_evaluate,
         SPACES[arm],
@@ -334,7 +340,7 @@ def evaluate_job(job: tuple[str, str, dict[str, Any], int, str, str]) -> list[di
             for p, s, v in rows
         ]
 
-    path = Path(work) / "runs" / name / f"{arm}_{key}_seed{seed}.json"
+    path = Path(work) / "runs" / _tag(name) / f"{arm}_{key}_seed{seed}.json"
     if os.environ.get("EVIDENCE_CACHED_ONLY") and not path.exists():
         return []  # --cached-only: report what has finished
     rows = _cached(path, run)
@@ -345,26 +351,31 @@ def evaluate_job(job: tuple[str, str, dict[str, Any], int, str, str]) -> list[di
 
 
 def paired_table(raw: pd.DataFrame) -> pd.DataFrame:
-    """Per data set, arm (against plain), perturbation and strength: the paired difference over seeds."""
+    """Per data set, perturbation and strength: every arm against plain (``control == "plain"``), and noise
+    against every other arm (``arm == "noise"``, ``control`` the alternative): the paired difference over seeds."""
     from nrnn_plugin.app.stats import detectable_difference, paired_difference
 
     rows = []
     for (name, p, s), part in raw.groupby(["dataset", "perturbation", "strength"]):
         pivot = part.pivot_table(index="seed", columns="arm", values="value")
         lower = name not in data_sets.CLASSIFICATION
-        for arm in [a for a in ARMS[1:] if a in pivot]:
-            both = pivot[["plain", arm]].dropna()
+        pairs = [("plain", arm) for arm in ARMS[1:]] + [(alt, "noise") for alt in ARMS[2:]]
+        for control, arm in pairs:
+            if control not in pivot or arm not in pivot:
+                continue
+            both = pivot[[control, arm]].dropna()
             if len(both) < 2:
                 continue
-            d = paired_difference(both["plain"].tolist(), both[arm].tolist(), lower_is_better=lower)
+            d = paired_difference(both[control].tolist(), both[arm].tolist(), lower_is_better=lower)
             rows.append(
                 {
                     "dataset": name,
                     "arm": arm,
+                    "control": control,
                     "perturbation": p,
                     "strength": s,
                     "n": d.n,
-                    "plain": d.control_mean,
+                    "control_mean": d.control_mean,
                     "arm_mean": d.treated_mean,
                     "diff": d.mean,
                     "low": d.low,
@@ -376,6 +387,36 @@ def paired_table(raw: pd.DataFrame) -> pd.DataFrame:
                 }
             )
     return pd.DataFrame(rows)
+
+
+#: The conditions of the head-to-head table (one per perturbation kind, its strongest grid point).
+HEADLINE = (("white_noise", 0.0), ("white_noise", 0.8), ("salt_and_pepper", 0.1), ("fgsm", 0.2), ("pgd", 0.2))
+
+
+def verdict_table(paired: pd.DataFrame, scale: float = 100.0) -> str:
+    """Noise against plain and against each alternative: win / tie / loss with the paired difference."""
+    header = ["data set", "test inputs"] + [f"noise vs {c}" for c in ("plain", *ARMS[2:])]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name in paired.dataset.unique():
+        for p, strength in HEADLINE:
+            cells = []
+            for control in ("plain", *ARMS[2:]):
+                row = paired[
+                    (paired.dataset == name)
+                    & (paired.arm == "noise")
+                    & (paired.control == control)
+                    & (paired.perturbation == p)
+                    & (paired.strength == strength)
+                ]
+                if row.empty:
+                    cells.append("n/a")
+                    continue
+                r = row.iloc[0]
+                word = "tie" if not r.clear else ("**win**" if r.better else "**loss**")
+                cells.append(f"{word} {r['diff'] * scale:+.2f} [{r.low * scale:+.2f}, {r.high * scale:+.2f}]")
+            label = "clean" if strength == 0.0 else f"{p} {strength:g}"
+            lines.append("| " + " | ".join([name, label, *cells]) + " |")
+    return "\n".join(lines)
 
 
 def _cell(row: pd.Series, scale: float) -> str:
@@ -397,8 +438,18 @@ def markdown(paired: pd.DataFrame, chosen: pd.DataFrame, info: pd.DataFrame, com
         "Accuracy in points (classification), MASE x 100 (forecasting: lower is better). **Bold**: the interval "
         "excludes 0.",
     ]
-    for name in paired.dataset.unique():
-        part = paired[paired.dataset == name]
+    lines += [
+        "",
+        "## Hidden-state noise against each alternative",
+        "",
+        "Win: the interval of noise minus the alternative excludes 0 in noise's favour; loss: in the "
+        "alternative's; tie: it contains 0. Same units as below; strongest grid point of each perturbation.",
+        "",
+        verdict_table(paired),
+    ]
+    against_plain = paired[paired.control == "plain"]
+    for name in against_plain.dataset.unique():
+        part = against_plain[against_plain.dataset == name]
         scale = 100.0
         order = [(p, s) for p, strengths in GRID.items() for s in strengths]
         present = set(part[["perturbation", "strength"]].itertuples(index=False, name=None))
@@ -425,7 +476,7 @@ def markdown(paired: pd.DataFrame, chosen: pd.DataFrame, info: pd.DataFrame, com
         base = part[(part.perturbation == "white_noise") & (part.strength == 0.0)]
         if len(base):
             lines.append(
-                f"Plain clean test metric: {base.iloc[0]['plain'] * scale:.2f} (mean over {int(base.iloc[0]['n'])} seeds); "
+                f"Plain clean test metric: {base.iloc[0]['control_mean'] * scale:.2f} (mean over {int(base.iloc[0]['n'])} seeds); "
                 f"smallest clean difference detectable with 80% power: "
                 + ", ".join(f"{r.arm} {r.detectable * scale:.2f}" for r in base.itertuples())
                 + "."
