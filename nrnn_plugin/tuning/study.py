@@ -93,6 +93,25 @@ def _creation_lock(url: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _storage(url: str) -> Any:
+    """Optuna's RDB storage with a heartbeat (stale trials of killed workers are failed after 120 s); SQLite
+    waits up to 60 s for a lock held by another worker. A first connection that races another worker creating
+    the schema of a new database (a server, where no file lock serialises them) is retried once."""
+    import optuna
+
+    engine: dict[str, Any] = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    for attempt in range(2):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=30, grace_period=120)
+        except Exception:  # sqlalchemy's IntegrityError while another worker initialises the schema
+            if attempt == 1:
+                raise
+            time.sleep(2.0)
+    raise AssertionError("unreachable")
+
+
 def _metrics(value: Any) -> dict[str, float]:
     if isinstance(value, Mapping):
         missing = [k for k in ("clean", "perturbed") if k not in value]
@@ -177,10 +196,8 @@ def tune(
         kwargs: dict[str, Any] = {"directions": [direction, direction]}
     else:
         kwargs = {"direction": "minimize", "pruner": pruner or optuna.pruners.MedianPruner(n_startup_trials=3)}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat (stale trials)
-        rdb = optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=120)
-    with _creation_lock(url):
+    with _creation_lock(url):  # the schema, the study and its baseline are created by one process at a time
+        rdb = _storage(url)
         study = optuna.create_study(storage=rdb, study_name=study_name, sampler=sampler, load_if_exists=True, **kwargs)
         _check_study(study, objective, direction, space)
         if not study.get_trials(deepcopy=False):
