@@ -2,7 +2,7 @@
 # Create (or update) the project environments: torch's CPU build first, then the package editable with extras.
 #
 # * .venv: forecasting (pytorch-forecasting + Lightning), darts, neuralforecast, data (offline data sets +
-#   plots), dev (tests). pandas 3.
+#   plots), tune (Optuna: nrnn tune, nrnn_plugin.tuning), dev (tests). pandas 3.
 # * .venv-gluonts: gluonts, data, dev. GluonTS pins pandas<3, which would downgrade pandas for the whole project
 #   environment, so it gets its own; the test suite run from .venv runs tests/test_gluonts.py there
 #   (tests/test_framework_environments.py). NRNN_SKIP_GLUONTS_ENV=1 skips creating it.
@@ -25,7 +25,7 @@ make_env() {  # make_env DIR EXTRAS
     "${pip[@]}" install -e ".[$extras]" -c <(echo "torch==2.13.0")
 }
 
-make_env .venv "forecasting,darts,neuralforecast,data,dev"
+make_env .venv "forecasting,darts,neuralforecast,data,tune,dev"
 if [ "${NRNN_SKIP_GLUONTS_ENV:-0}" != "1" ]; then
     make_env .venv-gluonts "gluonts,data,dev"
 fi

@@ -40,12 +40,13 @@ def test_help_and_plugins_do_not_import_lightning_or_forecasting():
                 main(["--help"])
             except SystemExit as exit:
                 assert exit.code == 0
-        for command in ("demo", "train", "predict", "robustness", "bench", "schema", "plugins"):
+        for command in ("demo", "train", "predict", "tune", "robustness", "bench", "schema", "plugins"):
             assert command in out.getvalue(), command
         with contextlib.redirect_stdout(io.StringIO()) as out:
             assert main(["plugins", "--json"]) == 0
         assert {e["name"] for e in json.loads(out.getvalue())} >= {"builtin", "torch", "forecasting", "nrnn"}
         frameworks = ("lightning", "pytorch_lightning", "pytorch_forecasting", "darts", "neuralforecast", "gluonts")
+        frameworks += ("optuna",)
         heavy = sorted(m for m in sys.modules if m.split(".")[0] in frameworks)
         assert not heavy, heavy
         """
@@ -281,12 +282,18 @@ def test_demo_quick_trains_both_models_and_writes_table_csv_and_plot(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr and "GPU available" not in result.stderr
     # Progress: one line per model and epoch.
-    assert "LSTM (seed 0): epoch 4/4" in result.stderr and "LSTM + noise 0.3 (seed 0): epoch 4/4" in result.stderr
+    assert "LSTM (seed 0): epoch 4/4" in result.stderr and "LSTM + noise 0.3 (seed 1): epoch 4/4" in result.stderr
     lines = result.stdout.splitlines()
     header = next(line for line in lines if line.startswith("perturbation"))
-    assert header.split() == ["perturbation", "strength", "LSTM", "MAE", "LSTM", "+", "noise", "0.3", "MAE", "change"]
-    assert any(line.startswith("clean ") for line in lines)
-    assert any(line.startswith("clean MAE: LSTM ") for line in lines)
+    assert header.split()[:11] == ["perturbation", "strength", "LSTM", "MAE", "LSTM", "+", "noise", "0.3", "MAE"] + [
+        "change",
+        "95%",
+    ]
+    # Two training seeds: every row has its paired interval and the count of seeds that improved.
+    clean = next(line for line in lines if line.startswith("clean "))
+    assert "/2 " in clean + " " and "[" in clean and "%]" in clean
+    assert any(line.startswith("conclusion (a difference is stated only where") for line in lines)
+    assert any(line.strip().startswith("no clear difference:") for line in lines)
 
     import pandas as pd
 
@@ -304,9 +311,10 @@ def test_demo_quick_trains_both_models_and_writes_table_csv_and_plot(tmp_path):
     assert set(results["perturbation"]) == {"white_noise", "salt_and_pepper", "fgsm"}
     assert results["value"].notna().all() and (results["value"] > 0).all()
     # The two models differ (noise changed the training), and the clean scores agree across perturbation kinds.
-    clean = results[(results.strength == 0) & (results.metric == "mae")].groupby("model")["value"]
-    assert (clean.nunique() == 1).all()
-    assert clean.first()["LSTM"] != clean.first()["LSTM + noise 0.3"]
+    clean_mae = results[(results.strength == 0) & (results.metric == "mae")].groupby(["model", "train_seed"])["value"]
+    assert (clean_mae.nunique() == 1).all()
+    assert clean_mae.first()[("LSTM", 0)] != clean_mae.first()[("LSTM + noise 0.3", 0)]
+    assert clean_mae.first()[("LSTM", 0)] != clean_mae.first()[("LSTM", 1)]  # the seeds differ
     assert (tmp_path / "demo_robustness.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     data = pd.read_csv(tmp_path / "co2_weekly.csv")
     assert list(data.columns) == ["date", "co2"] and len(data) == 2284

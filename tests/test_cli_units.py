@@ -74,7 +74,7 @@ def test_example_run_file_is_valid_and_complete():
     import yaml
 
     raw = yaml.safe_load(Path("examples/run.yaml").read_text())
-    assert set(raw) == set(RunConfig.SECTIONS)
+    assert set(raw) == set(RunConfig.SECTIONS) - {"tune"}  # the tune section's example is examples/tune.yaml
     assert set(raw["data"]) == set(DataSpec.model_fields)
     assert set(raw["trainer"]) == set(TrainerSpec.model_fields)
     assert set(raw["noise"]) == set(NoiseConfig.__dataclass_fields__)

@@ -21,7 +21,8 @@ from typing import Any
 
 import pandas as pd
 import torch
-from scipy import stats
+
+from nrnn_plugin.app.stats import paired_difference
 
 PERTURBATIONS = {
     "white_noise": (0.0, 0.2, 0.4, 0.8),
@@ -49,22 +50,19 @@ def paired(results: pd.DataFrame, metric: str = "mae") -> pd.DataFrame:
     per_seed = rows.groupby(["perturbation", "strength", "train_seed", "model"]).value.mean().unstack("model")
     table = []
     for (perturbation, strength), group in per_seed.groupby(level=["perturbation", "strength"]):
-        diff = (group["noisy"] - group["plain"]).to_numpy()
-        n = len(diff)
-        mean = float(diff.mean())
-        half = float(stats.t.ppf(0.975, n - 1) * diff.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
+        d = paired_difference(group["plain"].tolist(), group["noisy"].tolist())
         table.append(
             {
                 "perturbation": "clean" if strength == 0.0 else perturbation,
                 "strength": strength,
-                "plain": float(group["plain"].mean()),
-                "noisy": float(group["noisy"].mean()),
-                "diff": mean,
-                "ci_low": mean - half,
-                "ci_high": mean + half,
-                "relative": 100.0 * mean / float(group["plain"].mean()),
-                "improved": int((diff < 0).sum()),
-                "seeds": n,
+                "plain": d.control_mean,
+                "noisy": d.treated_mean,
+                "diff": d.mean,
+                "ci_low": d.low,
+                "ci_high": d.high,
+                "relative": d.percent_of_control,
+                "improved": d.improved,
+                "seeds": d.n,
             }
         )
     frame = pd.DataFrame(table).drop_duplicates(subset=["perturbation", "strength"])

@@ -5,6 +5,7 @@ Subcommands::
     nrnn demo         train a forecaster on real data with and without hidden-state noise; compare robustness
     nrnn train        config-driven pytorch-forecasting training (``--config run.yaml``)
     nrnn predict      forecasts of a trained run on the latest history, with real dates (``forecasts.csv``)
+    nrnn tune         choose the noise settings on validation data (an Optuna study over a run file)
     nrnn robustness   the robustness report of trained runs on a data file (named variants over seeds)
     nrnn bench        speed of the noisy layers against PyTorch's fused kernels; cost of the regularizer
     nrnn schema       the run file's JSON Schema (or its reference page, ``--markdown``)
@@ -36,6 +37,7 @@ from nrnn_plugin.app.commands import (
     cmd_robustness,
     cmd_schema,
     cmd_train,
+    cmd_tune,
     debug,
 )
 from nrnn_plugin.app.errors import InputError
@@ -206,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--overwrite", action="store_true", help=_OVERWRITE)
     predict.add_argument("--quiet", action="store_true", help="no progress lines")
 
+    _add_tune(add, cmd_tune)
+
     robust = add(
         "robustness",
         cmd_robustness,
@@ -286,6 +290,30 @@ def build_parser() -> argparse.ArgumentParser:
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
     parser.set_defaults(_subparsers=sub.choices)
     return parser
+
+
+def _add_tune(add: Callable[..., argparse.ArgumentParser], handler: Callable[[argparse.Namespace], int]) -> None:
+    """``nrnn tune`` (its engine is :mod:`nrnn_plugin.app.tune`)."""
+    tune = add(
+        "tune",
+        handler,
+        "choose the noise settings on validation data (Optuna study over a run file)",
+        "Train the run file's model once per trial with candidate noise settings (trial 0: none), score each on "
+        "the validation windows clean and under the tune section's perturbation mix, and pick the most robust "
+        "trial whose clean error is within the tolerance of trial 0's. Writes trials.csv, best.yaml (the run file "
+        "with the chosen noise section) and front.png to --out; the study lives in --out/study.db (running again "
+        "continues it) or in --storage.",
+    )
+    tune.add_argument("--config", required=True, help="the run file (YAML) with an optional 'tune:' section")
+    tune.add_argument("--trials", type=_positive_int, default=None, help="total trials (default: tune.trials or 20)")
+    tune.add_argument("--out", required=True, help="output folder (trials.csv, best.yaml, front.png, study.db)")
+    tune.add_argument(
+        "--storage", default=None, help="Optuna storage URL shared by several workers (default: sqlite in --out)"
+    )
+    tune.add_argument("--data", default=None, help="data file; overrides data.path")
+    tune.add_argument("--max-epochs", type=_positive_int, default=None, help="overrides trainer.max_epochs")
+    tune.add_argument("--threads", type=_positive_int, default=None, help="PyTorch CPU threads (default: PyTorch's)")
+    tune.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
 # ---------------------------------------------------------------------------------------------- entry point

@@ -20,6 +20,7 @@ __all__ = [
     "cmd_plugins",
     "cmd_train",
     "cmd_predict",
+    "cmd_tune",
     "cmd_robustness",
     "cmd_demo",
     "cmd_bench",
@@ -295,6 +296,28 @@ def cmd_bench(args: argparse.Namespace) -> int:
         reporter=reporter,
     )
     print(result.table)
+    for path in result.files:
+        reporter.note(f"wrote {path}")
+    return EXIT_OK
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    set_threads(args.threads)
+    reporter = StderrReporter(quiet=args.quiet)
+    require("tune", (*FORECASTING, "optuna", "optuna_integration"), "forecasting,tune")
+    from nrnn_plugin.app import training, tune  # noqa: F401 (Lightning imported before it is quietened)
+
+    quiet_frameworks()
+    result = tune.run_tune(
+        args.config,
+        out_dir=args.out,
+        trials=args.trials,
+        storage=args.storage,
+        data_path=args.data,
+        max_epochs=args.max_epochs,
+        reporter=reporter,
+    )
+    print(tune.format_summary(result, args.out))
     for path in result.files:
         reporter.note(f"wrote {path}")
     return EXIT_OK

@@ -8,14 +8,16 @@ commented example; ``docs/run-file.md`` is the reference, generated from this mo
     trainer:  epochs, batch size, seed, gradient clipping, early stopping, logger
     noise:    a NoiseConfig (absent, empty or ``enabled: false``: plain training)
     output:   where the run folder goes
+    tune:     the noise-level study of ``nrnn tune`` (optional; ignored by ``nrnn train``)
 
 Every section rejects unknown keys; every error is one line naming the key (``data.target``), the allowed
 values and the value received (:func:`format_validation_error`). The ``noise`` section is validated by
 :meth:`nrnn_plugin.NoiseConfig.from_dict` (the one definition of the noise fields). Relative paths in a run
 file (``data.path``, ``output.dir``) are relative to the run file's folder.
 
-A new section (e.g. ``tune:``) is one more :class:`pydantic.BaseModel` subclass of :class:`Section` and one
-more field of :class:`RunConfig`: the JSON Schema, the reference page and the errors follow.
+A section is a :class:`~nrnn_plugin.app.section.Section` subclass and a field of :class:`RunConfig` (the
+``tune:`` section of ``nrnn tune`` is :class:`~nrnn_plugin.app.tune_schema.TuneSpec`): the JSON Schema, the
+reference page and the errors follow.
 """
 
 from __future__ import annotations
@@ -23,14 +25,12 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
-    BaseModel,
     ConfigDict,
     Field,
     PlainValidator,
-    ValidationError,
     WithJsonSchema,
     field_serializer,
     model_validator,
@@ -38,8 +38,9 @@ from pydantic import (
 
 from nrnn_plugin.app.errors import ConfigError, DataError, InputError
 from nrnn_plugin.app.noise_schema import noise_json_schema
-from nrnn_plugin.app.schema_errors import format_validation_error
 from nrnn_plugin.app.schema_types import BatchLimit, Count, Names, TestSize, Text, ValSize, fail
+from nrnn_plugin.app.section import Section
+from nrnn_plugin.app.tune_schema import TuneSpec
 from nrnn_plugin.config import NoiseConfig
 from nrnn_plugin.yaml_io import load_yaml
 
@@ -49,6 +50,7 @@ __all__ = [
     "DataError",
     "Section",
     "DataSpec",
+    "TuneSpec",
     "ModelSpec",
     "TrainerSpec",
     "OutputSpec",
@@ -65,31 +67,6 @@ SUPPORTED_MODELS = ("RecurrentNetwork", "DeepAR", "TemporalFusionTransformer")
 AUTOREGRESSIVE = ("RecurrentNetwork", "DeepAR")
 DATA_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".parquet", ".pq")
 LOGGERS = ("csv", "tensorboard", "mlflow", "none")
-
-
-class Section(BaseModel):
-    """A section of the run file: frozen, unknown keys rejected, ``from_dict`` / ``to_dict`` for plain data."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-    @classmethod
-    def from_dict(cls: type[_S], data: Any) -> _S:
-        """Validate a mapping; a :class:`ConfigError` (one line) on invalid input."""
-        try:
-            return cls.model_validate({} if data is None else data)
-        except ValidationError as exc:
-            raise ConfigError(format_validation_error(exc, cls, prefix=getattr(cls, "SECTION", ""))) from None
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain, YAML/JSON-safe data (``from_dict(to_dict())`` gives the same section)."""
-        return self.model_dump(mode="json", by_alias=True)
-
-    def replace(self: _S, **changes: Any) -> _S:
-        """A copy with ``changes``, validated like a new section."""
-        return type(self).from_dict({**self.to_dict(), **changes})
-
-
-_S = TypeVar("_S", bound=Section)
 
 
 class DataSpec(Section):
@@ -289,7 +266,7 @@ def _noise(value: Any) -> NoiseConfig | None:
 class RunConfig(Section):
     """A whole run file. ``noise`` is ``None`` for plain training."""
 
-    SECTIONS: ClassVar[tuple[str, ...]] = ("data", "model", "trainer", "noise", "output")
+    SECTIONS: ClassVar[tuple[str, ...]] = ("data", "model", "trainer", "noise", "output", "tune")
 
     data: DataSpec = Field(description="the table and its columns (required)")
     model: ModelSpec = Field(default_factory=ModelSpec, description="the model")
@@ -298,6 +275,7 @@ class RunConfig(Section):
         None, description="Noisy RNN training (nrnn_plugin.NoiseConfig); absent, {} or enabled: false: plain"
     )
     output: OutputSpec = Field(default_factory=OutputSpec, description="where the run goes")
+    tune: TuneSpec | None = Field(None, description="the `nrnn tune` study (ignored by `nrnn train`)")
 
     @field_serializer("noise")
     def _dump_noise(self, noise: NoiseConfig | None) -> dict[str, Any] | None:

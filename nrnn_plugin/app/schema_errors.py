@@ -6,6 +6,7 @@ reported together, with the keys that section allows.
 
 from __future__ import annotations
 
+import typing
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -32,6 +33,16 @@ _EXPECTED = {
 _BOUNDS = {"greater_than_equal": ("ge", ">="), "greater_than": ("gt", ">"), "less_than": ("lt", "<")}
 
 
+def _section_model(annotation: Any) -> type[BaseModel] | None:
+    """The section model of a field's annotation: the model itself, or the model of an optional ``X | None``."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    members = [m for m in typing.get_args(annotation) if m is not type(None)]
+    if len(members) == 1 and isinstance(members[0], type) and issubclass(members[0], BaseModel):
+        return members[0]
+    return None
+
+
 def _walk(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[list[str], type[BaseModel] | None]:
     """The field names along ``loc`` (union-member tags dropped) and the last section model reached."""
     names: list[str] = []
@@ -47,15 +58,15 @@ def _walk(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[list[str], type
             break
         _, info = fields.get(item) or (item, current.model_fields[item])
         names.append(item)
-        annotation = info.annotation
-        current = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+        current = _section_model(info.annotation)
     return names, current
 
 
 def _section_keys(model: type[BaseModel], path: tuple[Any, ...]) -> list[str]:
     current: Any = model
     for item in path:
-        current = current.model_fields[item].annotation
+        if item in current.model_fields:
+            current = _section_model(current.model_fields[item].annotation) or current
     return [info.alias or name for name, info in current.model_fields.items()]
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -163,13 +163,15 @@ def fit_model(
     label: str = "model",
     reporter: Reporter | None = None,
     logger: Any = None,
+    callbacks: Sequence[pl.Callback] = (),
 ) -> TrainedModel:
     """Train ``model``, with :class:`~nrnn_plugin.integrations.lightning.NoisyRNNCallback` when ``noise`` injects.
 
     Weights, batch order and dropout are seeded with ``trainer_spec.seed`` before the model is built by the
     caller and again here; the noise streams come from ``noise.seed`` (or that seed). The best epoch by
     validation loss is restored (and written to ``out_dir/model.ckpt`` when ``out_dir`` is given). ``logger``
-    is a Lightning logger (``None``: no logging).
+    is a Lightning logger (``None``: no logging); ``callbacks`` are added to the trainer's (``nrnn tune``'s
+    pruning callback).
     """
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
@@ -177,9 +179,9 @@ def fit_model(
 
     reporter = reporter or NullReporter()
     pl.seed_everything(trainer_spec.seed, verbose=False)
-    callbacks: list[pl.Callback] = [ProgressCallback(label, reporter, trainer_spec.max_epochs)]
+    trainer_callbacks: list[pl.Callback] = [ProgressCallback(label, reporter, trainer_spec.max_epochs), *callbacks]
     if noise is not None and noise.has_noise:
-        callbacks.append(NoisyRNNCallback(noise))
+        trainer_callbacks.append(NoisyRNNCallback(noise))
     work_dir = Path(out_dir) if out_dir is not None else None
     checkpoint = ModelCheckpoint(
         dirpath=str(work_dir) if work_dir is not None else None,
@@ -191,11 +193,12 @@ def fit_model(
     )
     if work_dir is not None:
         work_dir.mkdir(parents=True, exist_ok=True)
-        callbacks.append(checkpoint)
+        trainer_callbacks.append(checkpoint)
     if trainer_spec.early_stopping_patience is not None:
-        callbacks.append(EarlyStopping(monitor="val_loss", mode="min", patience=trainer_spec.early_stopping_patience))
+        patience = trainer_spec.early_stopping_patience
+        trainer_callbacks.append(EarlyStopping(monitor="val_loss", mode="min", patience=patience))
     best_state = BestState(model)
-    callbacks.append(best_state)
+    trainer_callbacks.append(best_state)
     train_loader = make_loader(datasets.training, train=True, batch_size=trainer_spec.batch_size)
     val_loader = make_loader(datasets.validation, train=False, batch_size=max(256, trainer_spec.batch_size))
     trainer = pl.Trainer(
@@ -204,7 +207,7 @@ def fit_model(
         devices=trainer_spec.devices,
         gradient_clip_val=trainer_spec.gradient_clip_val,
         limit_train_batches=trainer_spec.limit_train_batches,
-        callbacks=callbacks,
+        callbacks=trainer_callbacks,
         logger=logger if logger is not None else False,
         log_every_n_steps=_log_interval(len(train_loader), trainer_spec.limit_train_batches),
         enable_progress_bar=False,
