@@ -2,7 +2,7 @@
 
 Prints a Markdown table of ratios (noisy / fused, forward + backward, paired and interleaved in one process;
 median over rounds) and optionally writes every measurement to CSV. The timing code lives in
-:mod:`nrnn_plugin.benchmarking`.
+:mod:`nrnn_plugin.app.benchmarking`.
 
     python benchmarks/bench_layers.py --quick                      # < 1 minute
     python benchmarks/bench_layers.py --out benchmarks/results/layers_cpu.csv --markdown benchmarks/results/layers_cpu.md

@@ -2,7 +2,7 @@
 
 Speed: a training step in mode "regularizer" (noise-free forward + the regularizer's probes) against a plain
 training step of the same model (fused kernels), paired and interleaved in one process, median of per-pair
-ratios (timing code: :func:`nrnn_plugin.regularizer.benchmark`). Writes ``regularizer_<device>.{csv,md}``
+ratios (timing code: :func:`nrnn_plugin.app.bench.regularizer_benchmark`). Writes ``regularizer_<device>.{csv,md}``
 (``_cpu_clock_<n>_thread`` appended with ``--clock cpu``, ``_tuned_malloc`` when glibc's ``MALLOC_MMAP_THRESHOLD_``
 or ``MALLOC_TRIM_THRESHOLD_`` is set). fd rows at weight 1 (the default) skip the clean backward; the weight-0.5
 rows show the general case.
@@ -32,8 +32,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import nrnn_plugin as nrnn
+from nrnn_plugin.app.bench import regularizer_benchmark as benchmark
 from nrnn_plugin.diagnostics import noise_gap
-from nrnn_plugin.regularizer import benchmark, explicit_regularizer
+from nrnn_plugin.regularizer import explicit_regularizer
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"}

@@ -6,9 +6,9 @@ Three training steps of the same LSTM (B=64, T=96, H=64, input 16) + linear read
 * ``library``: :func:`nrnn_plugin.regularizer.training_step` in mode ``"regularizer"`` (``fd``, 1 probe, weight 1);
 * ``floor``: the same computation written by hand with no library code: a clean forward without a graph, one
   Gaussian draw, and two fused LSTM passes on ``[x, +a]`` and ``[x, -a]`` (the exact additive-noise fast
-  path, THEORY.md section 7) averaged and backpropagated.
+  path, ``docs/method.md``) averaged and backpropagated.
 
-Each step is timed against ``plain`` with :func:`nrnn_plugin.benchmarking.time_pair` (interleaved rounds, median
+Each step is timed against ``plain`` with :func:`nrnn_plugin.app.benchmarking.time_pair` (interleaved rounds, median
 of per-round ratios). Process CPU time with one thread by default (robust on a shared machine)::
 
     .venv/bin/python benchmarks/lstm_regularizer_floor.py [--rounds 25] [--threads 1] [--clock cpu]

@@ -6,7 +6,7 @@ by a GRU. Three runs from the same initialisation and data order:
 * ``plain``: no noise;
 * ``noise``: Noisy-RNN training (noise injected into the hidden state at every step);
 * ``regularizer``: noise-free training of ``loss + weight * reg``, ``reg`` the explicit regularizer
-  (the small-noise expansion of what that noise does to the loss, THEORY.md section 3).
+  (the small-noise expansion of what that noise does to the loss, ``docs/method.md``: the explicit regularizer).
 
 For each run: test accuracy, the regularizer of the trained model (how much the noise would cost it), the
 finite-time Lyapunov exponent of the hidden dynamics and the median first-order input margin.

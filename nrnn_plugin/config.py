@@ -59,6 +59,13 @@ class Schedule:
     ``kind="constant"`` keeps the configured level. ``"linear"`` and ``"cosine"`` ramp the level from 0 to 1
     over ``warmup`` units, then (if ``decay > 0``) move it from 1 to ``final`` over ``decay`` units, with a
     straight or a half-cosine shape. A unit is an optimizer step or an epoch (``interval``).
+
+    Fields:
+        kind: ``"constant"`` (the configured level throughout), ``"linear"`` or ``"cosine"`` ramps.
+        warmup: units to ramp the level from 0 to 1 (``linear`` / ``cosine``).
+        decay: units to move the level from 1 to ``final`` after the warm-up (0: stay at 1).
+        final: the level at the end of the decay, in ``[0, 1]``.
+        interval: the unit: ``"step"`` (optimizer steps) or ``"epoch"``.
     """
 
     kind: str = "constant"

@@ -33,9 +33,15 @@ ModuleT = TypeVar("ModuleT", bound=nn.Module)
 #: Recurrent base classes: a module of these types that no adapter handles is an error, not a silent skip.
 RECURRENT_BASES: tuple[type[nn.Module], ...] = (nn.RNNBase, nn.RNNCellBase)
 
-#: Wrappers whose ``module.`` prefix is left out of the noise streams' names (the same seed gives the same
-#: noise with and without the wrapper).
-_WRAPPERS: tuple[type[nn.Module], ...] = (nn.DataParallel, nn.parallel.DistributedDataParallel)
+
+def _wrapped(model: nn.Module) -> str | None:
+    """The attribute under which a wrapper holds the user's model (data parallel: ``module``, a
+    ``torch.compile``-d module: ``_orig_mod``), or ``None`` for any other module."""
+    if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        return "module"
+    if type(model).__name__ == "OptimizedModule" and type(model).__module__.startswith("torch._dynamo"):
+        return "_orig_mod"
+    return None
 
 
 def _selected(name: str, config: NoiseConfig) -> bool:
@@ -53,13 +59,14 @@ def _qualname(cls: type) -> str:
 
 
 def _stream_name(model: nn.Module, name: str) -> str:
-    """The module's name as its noise stream knows it: without a data-parallel wrapper's ``module.`` prefix."""
-    if isinstance(model, _WRAPPERS):
-        if name == "module":
-            return ""
-        if name.startswith("module."):
-            return name[len("module.") :]
-    return name
+    """The module's name as its noise stream knows it: relative to the user's model inside a wrapper, so the
+    same seed gives the same noise with and without ``DataParallel``, DDP or ``torch.compile``."""
+    inner = _wrapped(model)
+    if inner is None:
+        return name
+    if name == inner:
+        return ""
+    return name[len(inner) + 1 :] if name.startswith(inner + ".") else name
 
 
 def _checked_class(answer: Any, plugin: str | None, name: str, module: nn.Module) -> type[NoisyModule]:

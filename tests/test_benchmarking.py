@@ -7,7 +7,7 @@ import csv
 import pytest
 
 from nrnn_plugin.app import benchmarking
-from nrnn_plugin.app.benchmarking import CASES, FULL_GRID, LayerSize
+from nrnn_plugin.app.benchmarking import CASES, FULL_GRID, QUICK_GRID, LayerSize
 
 
 def test_tiny_grid_runs_and_formats(tmp_path):
@@ -29,8 +29,30 @@ def test_tiny_grid_runs_and_formats(tmp_path):
     assert benchmarking.read_csv(path) == [{**row, "device": str(row["device"])} for row in rows]
 
 
-def test_grid_and_errors():
-    assert len(FULL_GRID) == 2 * 3 * 3 * 2
+def test_default_grids_and_timing(monkeypatch):
+    """Without a grid the harness runs every size of the full grid once per case (the quick grid with --quick, with
+    a short timing budget that explicit timing arguments override); measurement is stubbed out."""
+    calls = []
+
+    def fake_case(case, size, **kwargs):
+        calls.append((case.name, size, kwargs))
+        return {"case": case.name, "size": size}
+
+    monkeypatch.setattr(benchmarking, "benchmark_case", fake_case)
+    rows = benchmarking.run_layer_benchmark(cases=["gru_add_mult", "eval_registered"])
+    assert [(name, size) for name, size, _ in calls] == [
+        (name, size) for size in FULL_GRID for name in ("gru_add_mult", "eval_registered")
+    ]
+    assert len(set(FULL_GRID)) == len(FULL_GRID) and rows == [{"case": n, "size": s} for n, s, _ in calls]
+    assert all("budget_s" not in kwargs for _, _, kwargs in calls)  # time_pair's own defaults
+
+    calls.clear()
+    benchmarking.run_layer_benchmark(quick=True, cases=["lstm_additive"], budget_s=0.1)
+    assert [size for _, size, _ in calls] == list(QUICK_GRID)
+    assert calls[0][2]["budget_s"] == 0.1 and calls[0][2]["min_rounds"] == 5  # quick defaults, overridden by hand
+
+
+def test_errors():
     with pytest.raises(ValueError, match="unknown cases"):
         benchmarking.run_layer_benchmark(grid=[], cases=["nope"])
     with pytest.raises(ValueError, match="min_rounds"):

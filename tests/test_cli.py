@@ -6,43 +6,13 @@ comes from statsmodels (shipped offline), written to ``tmp_path`` as CSV at test
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
-
-EXIT_INPUT = 2
-
-
-def nrnn(
-    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 180
-) -> subprocess.CompletedProcess:
-    """Run ``python -m nrnn_plugin ARGS`` (what the ``nrnn`` console script runs)."""
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    full_env.pop("NRNN_DEBUG", None)
-    return subprocess.run(
-        [sys.executable, "-m", "nrnn_plugin", *args],
-        cwd=cwd,
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def assert_input_error(result: subprocess.CompletedProcess, *fragments: str) -> str:
-    """Exit status 2, no traceback, exactly one non-progress line on stderr holding every fragment."""
-    assert result.returncode == EXIT_INPUT, (result.returncode, result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr
-    errors = [line for line in result.stderr.splitlines() if ": error: " in line]
-    assert len(errors) == 1, result.stderr
-    for fragment in fragments:
-        assert fragment in errors[0], (fragment, errors[0])
-    return errors[0]
-
+from cli_helpers import SMALL_RUN, assert_input_error, nrnn, sunspots_frame, write_run
 
 # ---------------------------------------------------------------------------------------------- data
 
@@ -50,47 +20,10 @@ def assert_input_error(result: subprocess.CompletedProcess, *fragments: str) -> 
 @pytest.fixture(scope="module")
 def sunspots_csv(tmp_path_factory) -> Path:
     """Yearly sunspot numbers 1700-2008 (statsmodels), as a user's CSV: ``year`` (int), ``spots``."""
-    sm = pytest.importorskip("statsmodels.api")
-    data = sm.datasets.sunspots.load_pandas().data
-    frame = data.rename(columns={"YEAR": "year", "SUNACTIVITY": "spots"}).astype({"year": int})
+    pytest.importorskip("statsmodels.api")
     path = tmp_path_factory.mktemp("data") / "sunspots.csv"
-    frame.to_csv(path, index=False)
+    sunspots_frame().to_csv(path, index=False)
     return path
-
-
-def write_run(path: Path, text: str) -> Path:
-    path.write_text(textwrap.dedent(text))
-    return path
-
-
-SMALL_RUN = """\
-data:
-  path: {data}
-  time: year
-  target: spots
-  max_encoder_length: 12
-  max_prediction_length: 4
-  normalizer: group
-  validation: 30
-  test: 30
-model:
-  class: RecurrentNetwork
-  hidden_size: 8
-  rnn_layers: 1
-  dropout: 0.0
-  learning_rate: 0.01
-  loss: MAE
-trainer:
-  max_epochs: 2
-  batch_size: 32
-  limit_train_batches: 3
-noise:
-  additive: 0.1
-  multiplicative: 0.05
-  seed: 0
-output:
-  dir: {out}
-"""
 
 
 # ---------------------------------------------------------------------------------------------- light commands
@@ -107,12 +40,13 @@ def test_help_and_plugins_do_not_import_lightning_or_forecasting():
                 main(["--help"])
             except SystemExit as exit:
                 assert exit.code == 0
-        for command in ("demo", "train", "robustness", "bench", "plugins"):
+        for command in ("demo", "train", "predict", "tune", "robustness", "bench", "schema", "plugins"):
             assert command in out.getvalue(), command
         with contextlib.redirect_stdout(io.StringIO()) as out:
             assert main(["plugins", "--json"]) == 0
         assert {e["name"] for e in json.loads(out.getvalue())} >= {"builtin", "torch", "forecasting", "nrnn"}
-        frameworks = ("lightning", "pytorch_lightning", "pytorch_forecasting")
+        frameworks = ("lightning", "pytorch_lightning", "pytorch_forecasting", "darts", "neuralforecast", "gluonts")
+        frameworks += ("optuna",)
         heavy = sorted(m for m in sys.modules if m.split(".")[0] in frameworks)
         assert not heavy, heavy
         """
@@ -153,7 +87,7 @@ def test_missing_config_file(tmp_path):
 
 
 def test_unknown_yaml_keys_are_named_with_the_allowed_ones(tmp_path, sunspots_csv):
-    text = SMALL_RUN.format(data=sunspots_csv, out=tmp_path).replace(
+    text = SMALL_RUN.format(data=sunspots_csv, out=tmp_path / "out").replace(
         "  target: spots\n", "  target: spots\n  tagret: x\n"
     )
     run = write_run(tmp_path / "run2.yaml", text)
@@ -161,7 +95,7 @@ def test_unknown_yaml_keys_are_named_with_the_allowed_ones(tmp_path, sunspots_cs
 
 
 def test_invalid_noise_config_shows_the_noiseconfig_message(tmp_path, sunspots_csv):
-    text = SMALL_RUN.format(data=sunspots_csv, out=tmp_path).replace("additive: 0.1", "additive: -0.5")
+    text = SMALL_RUN.format(data=sunspots_csv, out=tmp_path / "out").replace("additive: 0.1", "additive: -0.5")
     run = write_run(tmp_path / "run.yaml", text)
     assert_input_error(
         nrnn("train", "--config", str(run)), "noise: NoiseConfig.additive: expected a finite number >= 0.0, got -0.5"
@@ -169,11 +103,11 @@ def test_invalid_noise_config_shows_the_noiseconfig_message(tmp_path, sunspots_c
 
 
 def test_unsupported_model_names_the_supported_ones(tmp_path, sunspots_csv):
-    text = SMALL_RUN.format(data=sunspots_csv, out=tmp_path).replace("class: RecurrentNetwork", "class: NBeats")
+    text = SMALL_RUN.format(data=sunspots_csv, out=tmp_path / "out").replace("class: RecurrentNetwork", "class: NBeats")
     run = write_run(tmp_path / "run.yaml", text)
     assert_input_error(
         nrnn("train", "--config", str(run)),
-        "model.class: expected one of 'RecurrentNetwork', 'DeepAR', 'TemporalFusionTransformer'",
+        "model.class: expected one of 'RecurrentNetwork', 'DeepAR' or 'TemporalFusionTransformer'",
         "got 'NBeats'",
     )
 
@@ -182,12 +116,12 @@ def test_unsupported_model_names_the_supported_ones(tmp_path, sunspots_csv):
 
 
 def test_missing_data_file(tmp_path):
-    run = write_run(tmp_path / "run.yaml", SMALL_RUN.format(data=tmp_path / "missing.csv", out=tmp_path))
+    run = write_run(tmp_path / "run.yaml", SMALL_RUN.format(data=tmp_path / "missing.csv", out=tmp_path / "out"))
     assert_input_error(nrnn("train", "--config", str(run)), "data file not found", "missing.csv")
 
 
 def test_wrong_column_names_say_which_are_missing_and_which_exist(tmp_path, sunspots_csv):
-    text = SMALL_RUN.format(data=sunspots_csv, out=tmp_path).replace("target: spots", "target: sunspots")
+    text = SMALL_RUN.format(data=sunspots_csv, out=tmp_path / "out").replace("target: spots", "target: sunspots")
     run = write_run(tmp_path / "run.yaml", text)
     assert_input_error(
         nrnn("train", "--config", str(run)), "column(s) ['sunspots'] not found", "columns ['year', 'spots']"
@@ -199,7 +133,7 @@ def test_non_numeric_target(tmp_path, sunspots_csv):
     lines[6] = lines[6].split(",")[0] + ",n/a?"  # data row 5
     bad = tmp_path / "bad.csv"
     bad.write_text("\n".join(lines) + "\n")
-    run = write_run(tmp_path / "run.yaml", SMALL_RUN.format(data=bad, out=tmp_path))
+    run = write_run(tmp_path / "run.yaml", SMALL_RUN.format(data=bad, out=tmp_path / "out"))
     assert_input_error(nrnn("train", "--config", str(run)), "target column 'spots' must be numeric", "row 5", "'n/a?'")
 
 
@@ -207,7 +141,7 @@ def test_too_short_series_gives_the_minimum_length(tmp_path, sunspots_csv):
     lines = sunspots_csv.read_text().splitlines()
     short = tmp_path / "short.csv"
     short.write_text("\n".join(lines[:61]) + "\n")  # header + 60 years
-    run = write_run(tmp_path / "run.yaml", SMALL_RUN.format(data=short, out=tmp_path))
+    run = write_run(tmp_path / "run.yaml", SMALL_RUN.format(data=short, out=tmp_path / "out"))
     # 12 encoder + 4 prediction steps of training, then 30 validation and 30 test steps: 76.
     assert_input_error(
         nrnn("train", "--config", str(run)), "series are too short", "60 time steps", "minimum length is 76"
@@ -226,9 +160,10 @@ def test_train_with_and_without_noise_then_compare_robustness(tmp_path, sunspots
     assert "Traceback" not in result.stderr
     assert "Noisy RNN training: additive=0.1, multiplicative=0.05" in result.stdout
     assert "RecurrentNetwork + noise: epoch 2/2" in result.stderr and "val_loss" in result.stderr
+    assert "sigma additive 0.1, multiplicative 0.05" in result.stderr
     assert "GPU available" not in result.stderr  # Lightning's banners are silenced
-    for name in ("model.ckpt", "model.nrnn.pt", "run.yaml"):
-        assert (noisy / name).is_file(), name
+    assert sorted(p.name for p in noisy.iterdir()) == ["logs", "model.ckpt", "model.nrnn.json", "run.yaml"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["noisy", "run.yaml"]  # no staging folder left
 
     result = nrnn("train", "--config", str(run), "--no-noise", "--out", str(plain), "--max-epochs", "1")
     assert result.returncode == 0, result.stderr
@@ -239,7 +174,7 @@ def test_train_with_and_without_noise_then_compare_robustness(tmp_path, sunspots
         "--checkpoint",
         str(noisy / "model.ckpt"),
         "--checkpoint",
-        str(plain / "model.ckpt"),
+        str(plain),
         "--data",
         str(sunspots_csv),
         "--perturbations",
@@ -253,42 +188,88 @@ def test_train_with_and_without_noise_then_compare_robustness(tmp_path, sunspots
     )
     assert result.returncode == 0, result.stderr
     table = result.stdout.splitlines()
-    assert table[0].startswith("RecurrentNetwork + noise vs RecurrentNetwork on 27 test windows of sunspots.csv: MAE")
-    assert table[2].split() == [
-        "perturbation",
-        "strength",
-        "RecurrentNetwork",
-        "+",
-        "noise",
-        "MAE",
-        "RecurrentNetwork",
-        "MAE",
-        "2nd",
-        "vs",
-        "1st",
-    ]
-    assert [line.split()[0] for line in table[4:]] == ["clean", "white_noise", "fgsm"]
+    assert table[0].startswith("nrnn robustness: 27 test windows of sunspots.csv")
+    assert table[1].startswith("  RecurrentNetwork + noise (additive 0.1, multiplicative 0.05): RecurrentNetwork")
+    assert table[2].startswith("  RecurrentNetwork: RecurrentNetwork; 1 run(s), seeds 0")
+    header = next(i for i, line in enumerate(table) if line.startswith("perturbation"))
+    assert table[header].split()[:3] == ["perturbation", "strength", "RecurrentNetwork"]
+    assert "vs RecurrentNetwork + noise" in table[header]
+    assert [line.split()[0] for line in table[header + 2 : header + 5]] == ["clean", "white_noise", "fgsm"]
+    assert any(line.startswith("sensitivity: MASE at the strongest strength relative to clean") for line in table)
 
     import pandas as pd
 
     results = pd.read_csv(tmp_path / "report" / "robustness.csv")
-    assert list(results.columns) == ["model", "perturbation", "strength", "metric", "value", "seed"]
-    assert set(results["model"]) == {"RecurrentNetwork + noise", "RecurrentNetwork"}
-    assert set(results["perturbation"]) == {"white_noise", "fgsm"}
-    assert set(results["seed"]) == {0, 1}
-    clean = results[(results.strength == 0) & (results.metric == "mae")].groupby("model")["value"]
+    assert list(results.columns) == [
+        "variant",
+        "run",
+        "train_seed",
+        "perturbation",
+        "strength",
+        "metric",
+        "value",
+        "seed",
+    ]
+    assert set(results["variant"]) == {
+        "RecurrentNetwork + noise (additive 0.1, multiplicative 0.05)",
+        "RecurrentNetwork",
+    }
+    assert set(results["metric"]) == {"mae", "smape", "mase"}
+    assert set(results["perturbation"]) == {"white_noise", "fgsm"} and set(results["seed"]) == {0, 1}
+    clean = results[(results.strength == 0) & (results.metric == "mae")].groupby("variant")["value"]
     assert (clean.nunique() == 1).all() and (clean.first() > 0).all()
-    assert clean.first()["RecurrentNetwork"] != clean.first()["RecurrentNetwork + noise"]
+    assert (
+        clean.first()["RecurrentNetwork"]
+        != clean.first()["RecurrentNetwork + noise (additive 0.1, multiplicative 0.05)"]
+    )
+    series = pd.read_csv(tmp_path / "report" / "robustness_series.csv")
+    assert "series" in series.columns and set(series["series"].astype(str)) == {"0"}
+    one = series[(series.strength == 0) & (series.metric == "mae")].groupby("variant")["value"].first()
+    assert (one == clean.first()).all()  # a single series: its MAE is the pooled MAE
     assert (tmp_path / "report" / "robustness.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    # The checkpoint is a plain pytorch-forecasting checkpoint (robustness loaded it with
-    # RecurrentNetwork.load_from_checkpoint): no trace of the noise in its weights or hyper-parameters.
+    # The checkpoint is a plain pytorch-forecasting checkpoint: no trace of the noise in its weights or
+    # hyper-parameters; the noise configuration went to the logger (CSVLogger: hparams.yaml, metrics.csv).
     import torch
+    import yaml
 
     checkpoint = torch.load(noisy / "model.ckpt", map_location="cpu", weights_only=False)
     plain_checkpoint = torch.load(plain / "model.ckpt", map_location="cpu", weights_only=False)
     assert list(checkpoint["state_dict"]) == list(plain_checkpoint["state_dict"])
     assert set(checkpoint["hyper_parameters"]) == set(plain_checkpoint["hyper_parameters"])
+    assert not any("noise" in key for key in checkpoint["hyper_parameters"])
+    logged = yaml.safe_load((noisy / "logs" / "hparams.yaml").read_text())
+    assert logged["noise"]["additive"] == 0.1 and logged["noise"]["multiplicative"] == 0.05
+    assert yaml.safe_load((plain / "logs" / "hparams.yaml").read_text())["noise"] == {"enabled": False}
+    metrics = pd.read_csv(noisy / "logs" / "metrics.csv")
+    sigma = metrics["train_nrnn_sigma_additive"].dropna()
+    assert len(sigma) > 0 and (sigma.round(6) == 0.1).all()
+    assert (metrics["train_nrnn_sigma_multiplicative"].dropna().round(6) == 0.05).all()
+    assert metrics["val_loss"].notna().sum() == 2
+
+
+def test_the_output_folder_is_checked_before_any_work(tmp_path, sunspots_csv):
+    run = write_run(tmp_path / "run.yaml", SMALL_RUN.format(data=sunspots_csv, out=tmp_path / "out"))
+    (tmp_path / "file").write_text("x")
+    assert_input_error(nrnn("train", "--config", str(run), "--out", str(tmp_path / "file")), "is a file")
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "keep.txt").write_text("old")
+    assert_input_error(
+        nrnn("train", "--config", str(run), "--out", str(tmp_path / "used")),
+        "exists and is not empty; pass --overwrite",
+    )
+    assert (tmp_path / "used" / "keep.txt").read_text() == "old"
+
+
+def test_schema_writes_the_json_schema_and_the_reference():
+    import json
+
+    result = nrnn("schema")
+    assert result.returncode == 0, result.stderr
+    schema = json.loads(result.stdout)
+    assert schema["title"] == "nrnn run file" and "noise" in schema["properties"]
+    result = nrnn("schema", "--markdown")
+    assert result.returncode == 0 and result.stdout == Path("docs/run-file.md").read_text()
 
 
 # ---------------------------------------------------------------------------------------------- demo, bench
@@ -301,12 +282,18 @@ def test_demo_quick_trains_both_models_and_writes_table_csv_and_plot(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr and "GPU available" not in result.stderr
     # Progress: one line per model and epoch.
-    assert "LSTM (seed 0): epoch 4/4" in result.stderr and "LSTM + noise 0.3 (seed 0): epoch 4/4" in result.stderr
+    assert "LSTM (seed 0): epoch 4/4" in result.stderr and "LSTM + noise 0.3 (seed 1): epoch 4/4" in result.stderr
     lines = result.stdout.splitlines()
     header = next(line for line in lines if line.startswith("perturbation"))
-    assert header.split() == ["perturbation", "strength", "LSTM", "MAE", "LSTM", "+", "noise", "0.3", "MAE", "change"]
-    assert any(line.startswith("clean ") for line in lines)
-    assert any(line.startswith("clean MAE: LSTM ") for line in lines)
+    assert header.split()[:11] == ["perturbation", "strength", "LSTM", "MAE", "LSTM", "+", "noise", "0.3", "MAE"] + [
+        "change",
+        "95%",
+    ]
+    # Two training seeds: every row has its paired interval and the count of seeds that improved.
+    clean = next(line for line in lines if line.startswith("clean "))
+    assert "/2 " in clean + " " and "[" in clean and "%]" in clean
+    assert any(line.startswith("conclusion (a difference is stated only where") for line in lines)
+    assert any(line.strip().startswith("no clear difference:") for line in lines)
 
     import pandas as pd
 
@@ -324,9 +311,10 @@ def test_demo_quick_trains_both_models_and_writes_table_csv_and_plot(tmp_path):
     assert set(results["perturbation"]) == {"white_noise", "salt_and_pepper", "fgsm"}
     assert results["value"].notna().all() and (results["value"] > 0).all()
     # The two models differ (noise changed the training), and the clean scores agree across perturbation kinds.
-    clean = results[(results.strength == 0) & (results.metric == "mae")].groupby("model")["value"]
-    assert (clean.nunique() == 1).all()
-    assert clean.first()["LSTM"] != clean.first()["LSTM + noise 0.3"]
+    clean_mae = results[(results.strength == 0) & (results.metric == "mae")].groupby(["model", "train_seed"])["value"]
+    assert (clean_mae.nunique() == 1).all()
+    assert clean_mae.first()[("LSTM", 0)] != clean_mae.first()[("LSTM + noise 0.3", 0)]
+    assert clean_mae.first()[("LSTM", 0)] != clean_mae.first()[("LSTM", 1)]  # the seeds differ
     assert (tmp_path / "demo_robustness.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     data = pd.read_csv(tmp_path / "co2_weekly.csv")
     assert list(data.columns) == ["date", "co2"] and len(data) == 2284

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ from nrnn_plugin.app.run_config import (
     DataSpec,
     InputError,
     RunConfig,
+    TrainerSpec,
     load_run_config,
     noise_from_dict,
 )
@@ -72,10 +74,73 @@ def test_example_run_file_is_valid_and_complete():
     import yaml
 
     raw = yaml.safe_load(Path("examples/run.yaml").read_text())
-    assert set(raw) == set(RunConfig.SECTIONS)
-    assert set(raw["data"]) == set(DataSpec.__dataclass_fields__)
+    assert set(raw) == set(RunConfig.SECTIONS) - {"tune"}  # the tune section's example is examples/tune.yaml
+    assert set(raw["data"]) == set(DataSpec.model_fields)
+    assert set(raw["trainer"]) == set(TrainerSpec.model_fields)
     assert set(raw["noise"]) == set(NoiseConfig.__dataclass_fields__)
     assert set(raw["noise"]["schedule"]) == {"kind", "warmup", "decay", "final", "interval"}
+    # relative paths are relative to the run file's folder
+    assert config.data.path == str(Path("outputs/demo/co2_weekly.csv").resolve())
+    assert config.output.dir == str(Path("runs/co2").resolve())
+
+
+def _example_values() -> dict[str, tuple[object, bool]]:
+    """``section.key -> (value, marked "(not the default")`` for every key line of examples/run.yaml."""
+    import yaml
+
+    values: dict[str, tuple[object, bool]] = {}
+    path: list[str] = []
+    for line in Path("examples/run.yaml").read_text().splitlines():
+        body, _, comment = line.partition("#")
+        if not body.strip() or ":" not in body:
+            continue
+        indent = (len(body) - len(body.lstrip())) // 2
+        key, _, value = body.strip().partition(":")
+        path = path[:indent] + [key]
+        if value.strip():
+            values[".".join(path)] = (yaml.safe_load(value), "(not the default" in comment)
+    return values
+
+
+def test_example_run_file_and_the_reference_agree_on_every_default():
+    from nrnn_plugin.app.schema_doc import section_defaults
+
+    defaults = section_defaults()
+    checked = 0
+    for dotted, (value, marked) in _example_values().items():
+        section, key = dotted.split(".", 1)
+        if key not in defaults.get(section, {}):
+            continue  # required keys (data.time, data.target) and model keyword arguments
+        if marked:
+            assert value != defaults[section][key], f"{dotted} is marked '(not the default)' but is the default"
+        else:
+            assert value == defaults[section][key], (
+                f"examples/run.yaml {dotted}: {value!r}, schema default {defaults[section][key]!r}"
+            )
+        checked += 1
+    assert checked >= 40
+
+
+def test_the_reference_page_is_generated_from_the_schema():
+    from nrnn_plugin.app.schema_doc import markdown_reference
+
+    assert Path("docs/run-file.md").read_text() == markdown_reference(), (
+        "regenerate: nrnn schema --markdown > docs/run-file.md"
+    )
+
+
+def test_the_json_schema_describes_every_section():
+    from nrnn_plugin.app.schema_doc import run_file_schema
+
+    schema = run_file_schema()
+    assert schema["required"] == ["data"] and set(schema["properties"]) == set(RunConfig.SECTIONS)
+    noise = schema["properties"]["noise"]
+    assert set(noise["properties"]) == set(NoiseConfig.__dataclass_fields__)
+    assert noise["properties"]["scheme"]["enum"] == ["euler_maruyama", "milstein", "reference"]
+    assert noise["additionalProperties"] is False
+    data = schema["$defs"]["DataSpec"]
+    assert data["properties"]["normalizer"]["enum"] == ["encoder", "group", "none"]
+    assert data["additionalProperties"] is False and set(data["required"]) == {"time", "target"}
 
 
 def test_run_config_round_trips_and_defaults():
@@ -90,8 +155,12 @@ def test_run_config_round_trips_and_defaults():
     "data, message",
     [
         ({"data": {"time": "t", "target": "y"}, "extras": 1}, "the run file: unknown key(s) ['extras']"),
-        ({"model": {}}, "data: required section"),
-        ({"data": {"target": "y"}}, "data.time: required"),
+        ({"model": {}}, "data: required, but missing"),
+        ({"data": {"target": "y"}}, "data.time: required, but missing"),
+        (
+            {"data": {"time": "t", "target": "y", "tagret": 1}},
+            "section 'data': unknown key(s) ['tagret']; allowed keys are ['path', 'time', 'target',",
+        ),
         ({"data": {"time": "t", "target": "t"}}, "data.target: column 't' is already used as data.time"),
         (
             {"data": {"time": "t", "target": "y", "group_ids": "g", "known_reals": ["g"]}},
@@ -102,11 +171,11 @@ def test_run_config_round_trips_and_defaults():
         ({"data": {"time": "t", "target": "y", "test": -3}}, "data.test: expected"),
         (
             {"data": {"time": "t", "target": "y", "max_encoder_length": 0}},
-            "data.max_encoder_length: expected an integer >= 1, got 0",
+            "data.max_encoder_length: expected a value >= 1, got 0",
         ),
         (
             {"data": {"time": "t", "target": "y", "normalizer": "minmax"}},
-            "data.normalizer: expected one of 'encoder', 'group', 'none', got 'minmax'",
+            "data.normalizer: expected one of 'encoder', 'group' or 'none', got 'minmax'",
         ),
         (
             {"data": {"time": "t", "target": "y"}, "trainer": {"epochs": 3}},
@@ -114,7 +183,24 @@ def test_run_config_round_trips_and_defaults():
         ),
         (
             {"data": {"time": "t", "target": "y"}, "trainer": {"max_epochs": 1.5}},
-            "trainer.max_epochs: expected an integer >= 1, got 1.5",
+            "trainer.max_epochs: expected an integer, got 1.5",
+        ),
+        (
+            {"data": {"time": "t", "target": "y"}, "trainer": {"seed": True}},
+            "trainer.seed: expected an integer, got True",
+        ),
+        (
+            {"data": {"time": "t", "target": "y", "group_ids": ["g", "g"]}},
+            "data.group_ids: expected a list of distinct column names, got ['g', 'g']",
+        ),
+        (
+            {"data": {"time": "t", "target": "y", "unknown_reals": ["x"]}},
+            "data.unknown_reals: RecurrentNetwork decodes autoregressively, so it can read only reals known for "
+            "the forecast horizon (and the target); move ['x'] to data.known_reals",
+        ),
+        (
+            {"data": {"time": "t", "target": "y"}, "trainer": {"logger": "wandb"}},
+            "trainer.logger: expected one of 'csv', 'tensorboard', 'mlflow' or 'none', got 'wandb'",
         ),
         (
             {"data": {"time": "t", "target": "y"}, "output": {"folder": "x"}},
@@ -130,12 +216,32 @@ def test_run_config_round_trips_and_defaults():
             "noise: NoiseConfig.scheme: expected one of",
         ),
         ({"data": {"time": "t", "target": "y"}, "noise": [0.1]}, "noise: expected a mapping"),
+        ({"data": "x"}, "data: expected a mapping (a YAML section of 'name: value' lines), got 'x'"),
     ],
 )
 def test_run_config_errors_name_the_key(data, message):
     with pytest.raises(ConfigError) as info:
         RunConfig.from_dict(data)
     assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_a_group_id_may_also_be_a_static_categorical():
+    spec = DataSpec.from_dict({"time": "t", "target": "y", "group_ids": ["g"], "static_categoricals": ["g"]})
+    assert spec.columns == ("t", "y", "g")
+    frame = pd.DataFrame({"t": [0, 1, 0, 1], "y": [1.0, 2.0, 3.0, 4.0], "g": ["a", "a", "b", "b"]})
+    assert list(prepare_frame(frame, spec).frame.columns) == ["t", "y", "g"]
+
+
+def test_a_folder_given_as_config_and_data_paths_relative_to_the_run_file(tmp_path):
+    with pytest.raises(InputError, match=r"--config: '.*' is a folder; expected a run file \(YAML\)"):
+        load_run_config(tmp_path)
+    (tmp_path / "conf").mkdir()
+    run = tmp_path / "conf" / "run.yaml"
+    run.write_text("data: {path: data/x.csv, time: t, target: y}\noutput: {dir: ../runs/a}\n")
+    config = load_run_config(run)
+    assert config.data.path == str(tmp_path / "conf" / "data" / "x.csv")
+    assert config.output.dir == str(tmp_path / "runs" / "a")
 
 
 def test_noise_section_absent_empty_or_disabled():
@@ -161,7 +267,7 @@ def test_dates_become_weekly_steps_and_missing_values_are_interpolated(co2):
     spec = DataSpec.from_dict({"time": "date", "target": "co2"})
     prepared = prepare_frame(co2, spec, source="co2.csv")
     frame = prepared.frame
-    assert prepared.time_axis == TimeAxis("date", freq="W-SAT", origin="1958-03-23/1958-03-29")  # inferred
+    assert prepared.time_axis == TimeAxis("date", freq="W-SAT", origin="1958-03-29T00:00:00")  # inferred
     np.testing.assert_array_equal(frame["date"].to_numpy(), np.arange(len(co2)))
     assert frame["co2"].notna().all() and prepared.notes == ["interpolated missing values ('co2': 59)"]
     # A missing week is linear between its neighbours.
@@ -438,8 +544,100 @@ def test_load_run_refuses_a_checkpoint_without_its_sidecar(tmp_path):
     with pytest.raises(InputError, match="checkpoint not found"):
         runs.load_run(tmp_path / "model.ckpt")
     (tmp_path / "model.ckpt").write_bytes(b"")
-    with pytest.raises(InputError, match=r"sidecar not found: .*model.nrnn.pt"):
+    with pytest.raises(InputError, match=r"sidecar not found: .*model.nrnn.json"):
         runs.load_run(tmp_path / "model.ckpt")
-    (tmp_path / "model.nrnn.pt").write_bytes(b"not a pickle")
-    with pytest.raises(InputError, match="could not read the sidecar"):
+    (tmp_path / "model.nrnn.pt").write_bytes(b"an old pickled sidecar")
+    with pytest.raises(
+        InputError, match=r"model.nrnn.pt is the pickled sidecar of an older nrnn-plugin, which is never read"
+    ):
+        runs.load_run(tmp_path)
+    (tmp_path / "model.nrnn.json").write_bytes(b"\x80\x04not json")
+    with pytest.raises(InputError, match=r"is not an nrnn-plugin run sidecar \(expected JSON\)"):
         runs.load_run(tmp_path / "model.ckpt")
+    (tmp_path / "model.nrnn.json").write_text('{"format": "nrnn-run", "version": 1}')
+    with pytest.raises(InputError, match="sidecar version 1 is not supported"):
+        runs.load_run(tmp_path / "model.ckpt")
+
+
+# ---------------------------------------------------------------------------------------------- outputs, variants
+
+
+def test_output_folder_is_all_or_nothing(tmp_path):
+    from nrnn_plugin.app.outputs import OutputFolder
+
+    target = tmp_path / "run"
+    with OutputFolder(target) as staging:
+        (staging / "a.txt").write_text("1")
+        assert not target.exists() and staging.parent == tmp_path
+    assert (target / "a.txt").read_text() == "1"
+    mask = os.umask(0)
+    os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o777 & ~mask  # not mkdtemp's private 0o700
+    with pytest.raises(InputError, match="exists and is not empty; pass --overwrite"):
+        OutputFolder(target)
+    with pytest.raises(RuntimeError), OutputFolder(target, overwrite=True) as staging:
+        (staging / "b.txt").write_text("half")
+        raise RuntimeError("stopped half-way")
+    assert sorted(p.name for p in target.iterdir()) == ["a.txt"]  # the previous contents, untouched
+    with OutputFolder(target, overwrite=True) as staging:
+        (staging / "b.txt").write_text("2")
+    assert sorted(p.name for p in target.iterdir()) == ["b.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no staging or old folder left
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(InputError, match="is a file"):
+        OutputFolder(tmp_path / "file")
+    with pytest.raises(InputError, match="cannot create .* is a file"):
+        OutputFolder(tmp_path / "file" / "sub")
+
+
+def test_variants_are_named_globs_of_run_folders(tmp_path):
+    from nrnn_plugin.app.variants import parse_variants
+
+    for name in ("plain_1", "plain_0", "noisy_0"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.ckpt").write_bytes(b"")
+    plain, noisy = parse_variants([f"plain={tmp_path}/plain_*", f"noisy={tmp_path}/noisy_0/model.ckpt"])
+    assert plain.name == "plain" and [p.parent.name for p in plain.checkpoints] == ["plain_0", "plain_1"]
+    assert noisy.checkpoints == (tmp_path / "noisy_0" / "model.ckpt",)
+    (single,) = parse_variants([str(tmp_path / "plain_0")])
+    assert single.name is None and single.checkpoints == (tmp_path / "plain_0" / "model.ckpt",)
+    with pytest.raises(InputError, match="variant names must be distinct"):
+        parse_variants([f"a={tmp_path}/plain_0", f"a={tmp_path}/plain_1"])
+    with pytest.raises(InputError, match="no run folder or checkpoint matches"):
+        parse_variants([f"a={tmp_path}/other_*"])
+    with pytest.raises(InputError, match="name every variant"):
+        parse_variants([f"a={tmp_path}/plain_0", str(tmp_path / "plain_1")])
+
+
+def test_progress_bars_only_on_a_terminal():
+    from nrnn_plugin.app.progress import StderrReporter
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    plain = StderrReporter(io.StringIO())
+    assert not plain.interactive and plain.bar(3, "x") is None
+    plain.progress("one line")
+    assert plain.stream.getvalue().endswith("] one line\n")
+    terminal = StderrReporter(Terminal())
+    assert terminal.interactive and not StderrReporter(Terminal(), quiet=True).interactive
+    bar = terminal.bar(3, "robustness")
+    bar.update(1)
+    terminal.progress("above the bar")
+    bar.close()
+    assert "robustness" in terminal.stream.getvalue() and "above the bar" in terminal.stream.getvalue()
+
+
+def test_a_logger_whose_package_is_missing_is_refused_before_training(monkeypatch):
+    pytest.importorskip("lightning")
+    import importlib.util
+
+    from nrnn_plugin.app import tracking
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"trainer.logger: 'tensorboard' needs the tensorboard package.*pip install"):
+        tracking.check_logger("tensorboard")
+    tracking.check_logger("csv")
+    assert tracking.make_logger("none", Path(".")) is None

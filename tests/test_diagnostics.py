@@ -1,4 +1,4 @@
-"""Stability and margin diagnostics on cases with known answers (THEORY.md sections 4 and 5)."""
+"""Stability and margin diagnostics on cases with known answers (``docs/method.md``: stability and margins)."""
 
 from __future__ import annotations
 

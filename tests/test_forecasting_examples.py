@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -46,4 +47,32 @@ def test_lightning_sunspots_smoke(tmp_path, monkeypatch):
     assert sizes == {"train": 309 - 60 - 30 - 24, "val": 30, "test": 60}
     mse = example.run({"additive": 0.1, "schedule": {"kind": "linear", "warmup": 3}}, epochs=1, seed=0)
     assert math.isfinite(mse)
-    assert _load("lightning_cli").main  # the CLI example imports
+
+
+def test_lightning_cli_example_trains_with_the_callback_from_its_yaml(tmp_path):
+    """The LightningCLI example, run as its docstring says with a tiny budget, trains with the NoisyRNNCallback its
+    YAML declares: the checkpoint holds the callback's config and the noise stream of the model's LSTM."""
+    import subprocess
+
+    import torch
+
+    env = {key: value for key, value in os.environ.items() if not key.startswith("NRNN_")}
+    env["NRNN_ADDITIVE"] = "0.2"  # use_env: true in the YAML, so the environment overrides its level
+    env.setdefault("OMP_NUM_THREADS", "1")  # a tiny model: one thread, no workers spinning on a busy machine
+    command = [
+        sys.executable,
+        str(EXAMPLES / "lightning_cli.py"),
+        "fit",
+        "--config",
+        str(EXAMPLES / "lightning_cli.yaml"),
+        "--trainer.max_epochs=1",
+        "--trainer.limit_train_batches=2",
+        "--trainer.limit_val_batches=1",
+        f"--trainer.default_root_dir={tmp_path}",
+    ]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    (checkpoint,) = (tmp_path / "checkpoints").glob("*.ckpt")
+    state = torch.load(checkpoint, weights_only=False)["callbacks"]["NoisyRNNCallback"]  # written by this test
+    assert state["config"]["additive"] == 0.2 and state["config"]["multiplicative"] == 0.05
+    assert state["config"]["schedule"]["kind"] == "cosine" and list(state["sources"][0]) == ["lstm"]

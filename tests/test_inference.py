@@ -194,3 +194,38 @@ def test_forecast_samples_deepar_combines_its_sampling_with_hidden_noise(dataset
     # autoregressive decoding (eval): per forward, the encoder draws once and the decoder once per step
     assert len(tapes["rnn"].draws) % (1 + 3) == 0
     assert not model.training
+
+
+def test_calibrated_forecast_bands_cover_held_out_series():
+    """pytorch-forecasting: bands fitted on the validation series' windows cover 80% of other series' windows.
+
+    The series are i.i.d. draws of one AR process (``generate_ar_data`` with different seeds), one window each,
+    so validation and test windows are exchangeable and independent. Tolerance: 3.3 standard errors of the
+    held-out coverage from 1000 test and 1000 calibration windows (the scores of the 3 steps of one window are
+    correlated, so a window counts once)."""
+    from pytorch_forecasting import RecurrentNetwork, TimeSeriesDataSet
+    from pytorch_forecasting.data.examples import generate_ar_data
+
+    from nrnn_plugin.adapters.forecasting.calibration import calibrate_bands, loader_targets
+    from nrnn_plugin.calibration import central_band, coverage
+
+    def windows(seed: int) -> TimeSeriesDataSet:
+        data = generate_ar_data(seasonality=10.0, timesteps=9, n_series=1000, seed=seed)
+        return TimeSeriesDataSet(
+            data, time_idx="time_idx", target="value", group_ids=["series"], max_encoder_length=6,
+            max_prediction_length=3, time_varying_unknown_reals=["value"],
+        )  # fmt: skip
+
+    validation, test = windows(1), windows(2)
+    torch.manual_seed(0)
+    model = nrnn.register_noise(RecurrentNetwork.from_dataset(validation, hidden_size=6, rnn_layers=1), CONFIG)
+    bands = calibrate_bands(model, validation, level=0.8, n_samples=20, seed=0, scales=(1.0, 4.0))
+    assert bands.offsets.shape == (3,) and [s for s, _ in bands.tried][0] == 1.0
+    y = loader_targets(test)
+    assert y.shape == (len(test), 3)
+    samples = forecast_samples(model, test, 20, seed=1)
+    raw = coverage(*central_band(samples, 0.8), y)
+    calibrated = coverage(*bands.apply(samples), y)
+    assert raw.fraction < 0.5 < calibrated.fraction  # an untrained model's raw bands are far too narrow
+    se = (0.8 * 0.2 * (1 / 1000 + 1 / 1000)) ** 0.5
+    assert len(test) == 1000 and abs(calibrated.fraction - 0.8) < 3.3 * se, calibrated.describe()

@@ -16,7 +16,7 @@ from nrnn_testing import runtimes  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 import nrnn_plugin as nrnn  # noqa: E402
-from nrnn_plugin.integrations.lightning import LEVEL_METRIC, REG_METRIC, NoisyRNNCallback  # noqa: E402
+from nrnn_plugin.integrations.lightning import LEVEL_METRIC, REG_METRIC, SIGMA_METRICS, NoisyRNNCallback  # noqa: E402
 from nrnn_plugin.layers import NoisyLSTM  # noqa: E402
 from nrnn_plugin.noise import gaussian_sampler
 from nrnn_plugin.plugins import (  # noqa: E402
@@ -210,8 +210,8 @@ def test_schedule_sets_the_level_of_every_step(tmp_path, spy, schedule):
     assert zero_level_steps >= 1 and spy.draws["train"] == 9 - zero_level_steps
 
 
-def test_levels_are_logged_through_the_logger(tmp_path):
-    config = CONFIG.replace(schedule={"kind": "linear", "warmup": 2})
+def test_levels_and_sigmas_are_logged_through_the_logger(tmp_path):
+    config = CONFIG.replace(multiplicative=0.04, schedule={"kind": "linear", "warmup": 2})
     logger = pl.loggers.CSVLogger(tmp_path, name="run")
     trainer = _trainer(tmp_path, [NoisyRNNCallback(config)], logger=logger, log_every_n_steps=1, limit_val_batches=0)
     trainer.fit(TinyForecaster(), datamodule=TinyData())
@@ -220,6 +220,9 @@ def test_levels_are_logged_through_the_logger(tmp_path):
     with open(f"{logger.log_dir}/metrics.csv") as handle:
         rows = [r for r in csv.DictReader(handle) if r.get(LEVEL_METRIC)]
     assert [float(r[LEVEL_METRIC]) for r in rows] == [0.0, 0.5, 1.0]
+    # the sigmas in effect: the configured levels times the schedule's factor
+    assert [float(r[SIGMA_METRICS["additive"]]) for r in rows] == pytest.approx([0.0, 0.05, 0.1])
+    assert [float(r[SIGMA_METRICS["multiplicative"]]) for r in rows] == pytest.approx([0.0, 0.02, 0.04])
 
 
 def test_disabled_or_zero_noise_config_is_a_no_op(tmp_path, spy):

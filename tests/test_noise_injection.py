@@ -1,6 +1,6 @@
 """Known injected noise against hand-computed recursions, noise statistics, seeds and ranks.
 
-The hand references below are written from THEORY.md section 1 with PyTorch's own cells (``nn.LSTMCell``,
+The hand references below are written from ``docs/method.md`` (schemes) with PyTorch's own cells (``nn.LSTMCell``,
 ``nn.GRUCell``, ``nn.RNNCell``) and a per-step Python loop; they share no code with the library's kernels.
 The draws the library asks for are recorded by :class:`GeneratedNoise` and re-read here by their documented
 layout: one draw ``[directions, rows, width]`` per layer, rows time-major (``t * B + b`` for padded input),
@@ -43,7 +43,7 @@ def _cell_for(module: nn.RNNBase, layer: int, direction: int) -> nn.Module:
 
 
 def _scheme_step(scheme: str, psi, prev, xi_add, xi_mult, sa, sm, dt):
-    """THEORY.md section 1, written out: the noisy state from the clean step ``psi`` and the previous ``prev``."""
+    """The schemes of ``docs/method.md``, written out: the noisy state from the clean step ``psi`` and ``prev``."""
     if scheme == "euler_maruyama":
         out = psi.clone()
         if sa:
@@ -165,7 +165,7 @@ def test_known_noise_matches_hand_computed_recursion(scheme, sa, sm, dt, shared,
 @pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("layers, bidirectional", [(1, False), (2, True)])
 def test_lstm_fast_path_equals_unrolled_path_with_the_same_noise(packed, layers, bidirectional):
-    """Fused fast path vs autograd unroll: outputs, states and every gradient (THEORY.md section 7)."""
+    """Fused fast path vs autograd unroll: outputs, states and every gradient (``docs/method.md``, fused LSTM)."""
     torch.manual_seed(0)
     module = nn.LSTM(I, H, num_layers=layers, bidirectional=bidirectional).to(DTYPE)
     nrnn.register_noise(module, nrnn.NoiseConfig(additive=0.4, seed=1))

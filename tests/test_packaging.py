@@ -34,6 +34,11 @@ def test_wheel_contents_map_adapters_into_the_package(wheel):
         "nrnn_plugin/adapters/__init__.py",
         "nrnn_plugin/adapters/torch_adapter.py",
         "nrnn_plugin/adapters/forecasting/classes.py",
+        "nrnn_plugin/adapters/frameworks.py",
+        "nrnn_plugin/adapters/darts.py",
+        "nrnn_plugin/adapters/neuralforecast.py",
+        "nrnn_plugin/adapters/gluonts.py",
+        "nrnn_plugin/integrations/distributions.py",
         "nrnn_plugin/layers/recurrent.py",
         "nrnn_plugin/app/cli.py",
         "nrnn_plugin/plugins/manager.py",
@@ -86,7 +91,7 @@ def test_wheel_installs_and_imports_in_a_fresh_environment(wheel, tmp_path):
         assert nrnn_plugin.__file__.startswith({str(target)!r}), nrnn_plugin.__file__
         from nrnn_plugin.plugins import plugin_report
         shipped = {{entry["name"] for entry in plugin_report() if entry["source"] == "shipped" and entry["loaded"]}}
-        assert shipped == {{"torch", "nrnn", "forecasting"}}, shipped
+        assert shipped == {{"torch", "nrnn", "forecasting", "frameworks"}}, shipped
         import torch
         lstm = nrnn_plugin.register_noise(torch.nn.LSTM(2, 3), additive=0.1)
         assert type(lstm).__name__ == "NoisyLSTM"

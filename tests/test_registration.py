@@ -264,3 +264,9 @@ def test_the_meta_device_runs_the_noisy_training_forward(cls):
     module = nrnn.register_noise(cls(3, 4, device="meta"), CONFIG.replace(multiplicative=0.1)).train()
     out, _ = module(torch.randn(5, 2, 3, device="meta"))
     assert out.shape == (5, 2, 4) and out.device.type == "meta"
+
+
+def test_a_compiled_wrapper_keeps_the_noise_stream_names():
+    compiled = torch.compile(Tagger())
+    nrnn.register_noise(compiled, CONFIG)
+    assert runtime_of(compiled._orig_mod.rnn).source.name == "rnn"

@@ -1,7 +1,7 @@
-"""Validation of the explicit regularizer (THEORY.md section 3) against independent references.
+"""Validation of the explicit regularizer (``docs/method.md``) against independent references.
 
-* an oracle written from THEORY.md's formulas (state Jacobians ``J_k``, products ``Phi``, the traces of ``R`` and
-  ``Q``), sharing no code with the library's estimators;
+* an oracle written from the formulas of ``docs/method.md`` (state Jacobians ``J_k``, products ``Phi``, the traces
+  of ``R`` and ``Q``), sharing no code with the library's estimators;
 * Monte Carlo of ``E[loss_noisy] - loss_clean`` with antithetic draws batched into the batch dimension, at three
   noise levels: the error of the second-order estimate must shrink with the noise;
 * closed forms for a linear recurrence registered through a test plugin (``Q = 0``; for a quadratic loss the
@@ -115,7 +115,7 @@ class Problem:
         return lambda: self.per_sample(self.head(self.rnn(x)[0][-1]), y).mean()
 
     def split_closure(self, copies: int = 1):
-        """``(last hidden state, loss_fn)``: the Gauss-Newton boundary at the hidden state (THEORY.md's ``H``)."""
+        """``(last hidden state, loss_fn)``: the Gauss-Newton boundary at the hidden state (``docs/method.md``)."""
         x, y = self.inputs(copies)
         return lambda: (self.rnn(x)[0][-1], lambda h: self.per_sample(self.head(h), y).mean())
 
@@ -148,7 +148,7 @@ def same_draw(model: nn.Module, fn):
     return call
 
 
-# ============================================================================================ THEORY oracle
+# ============================================================================================ formula oracle
 
 
 def cell_step(rnn: nn.RNNBase):
@@ -167,7 +167,7 @@ def cell_step(rnn: nn.RNNBase):
 
 
 def theory_r_q(problem: Problem) -> tuple[float, float]:
-    """THEORY.md section 3 for Euler-Maruyama noise on ``h``: ``R`` and ``Q`` of the batch-mean loss.
+    """The formulas of ``docs/method.md`` for Euler-Maruyama noise on ``h``: ``R`` and ``Q`` of the batch-mean loss.
 
     ``G_k G_k^T = dt diag(sa^2 + sm^2 h_k^2)`` on the ``h`` block (independent per unit, evaluated on the clean
     path before the step), ``H``/``g`` the Hessian/gradient of the loss w.r.t. the final state (read-out included).
@@ -217,7 +217,7 @@ def theory_r_q(problem: Problem) -> tuple[float, float]:
 @pytest.mark.parametrize("noise", list(NOISES))
 @pytest.mark.parametrize("cell", list(CELLS))
 def test_exact_matches_theory_oracle(cell: str, noise: str) -> None:
-    """``exact`` == ``(R + Q) / 2`` and ``exact, terms='R'`` == ``R / 2`` from THEORY.md's J/Phi formulas (1e-9)."""
+    """``exact`` == ``(R + Q) / 2`` and ``exact, terms='R'`` == ``R / 2`` from the J/Phi formulas (1e-9)."""
     problem = Problem(cell, "ce", NOISES[noise], batch=2, seed=1)
     r, q = theory_r_q(problem)
     full = explicit_regularizer(problem.model, problem.closure(), "exact")

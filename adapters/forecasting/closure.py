@@ -10,7 +10,7 @@ from typing import Any
 
 from torch import Tensor
 
-from nrnn_plugin.integrations.lightning import logging_suppressed
+from nrnn_plugin.integrations.steps import logging_suppressed
 
 __all__ = ["forecasting_loss"]
 

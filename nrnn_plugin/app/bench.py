@@ -112,7 +112,7 @@ class BenchResult:
 
 
 def format_regularizer_table(rows: list[dict[str, Any]]) -> str:
-    """A Markdown table of :func:`nrnn_plugin.regularizer.benchmark` rows."""
+    """A Markdown table of :func:`regularizer_benchmark` rows."""
     header = [
         "cell",
         "additive",
@@ -153,6 +153,7 @@ def run_bench(
     tiny: bool = False,
     clock: str = "wall",
     out_dir: str | Path | None = None,
+    overwrite: bool = False,
     reporter: Any = None,
 ) -> BenchResult:
     """Run both benchmarks; returns the rows and the printable tables (and writes CSVs into ``out_dir``).
@@ -206,11 +207,13 @@ def run_bench(
     ).rstrip()
     files: list[Path] = []
     if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        benchmarking.write_csv(layer_rows, out / "bench_layers.csv")
-        benchmarking.write_csv(regularizer_rows, out / "bench_regularizer.csv")
-        files = [out / "bench_layers.csv", out / "bench_regularizer.csv"]
+        from nrnn_plugin.app.outputs import OutputFolder
+
+        folder = OutputFolder(out_dir, overwrite=overwrite)
+        with folder as staging:
+            benchmarking.write_csv(layer_rows, staging / "bench_layers.csv")
+            benchmarking.write_csv(regularizer_rows, staging / "bench_regularizer.csv")
+        files = [folder.target / "bench_layers.csv", folder.target / "bench_regularizer.csv"]
     return BenchResult(layer_rows=layer_rows, regularizer_rows=regularizer_rows, table=table, files=files)
 
 

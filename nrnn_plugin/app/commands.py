@@ -7,16 +7,28 @@ Each handler takes the parsed arguments and returns the exit status; errors in t
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from nrnn_plugin.app.errors import InputError
 from nrnn_plugin.app.progress import StderrReporter
 
-__all__ = ["cmd_plugins", "cmd_train", "cmd_robustness", "cmd_demo", "cmd_bench", "format_plugin_report", "DEBUG_VAR"]
+__all__ = [
+    "cmd_plugins",
+    "cmd_train",
+    "cmd_predict",
+    "cmd_tune",
+    "cmd_robustness",
+    "cmd_demo",
+    "cmd_bench",
+    "cmd_schema",
+    "format_plugin_report",
+    "DEBUG_VAR",
+    "THREAD_DEFAULTS",
+]
 
 EXIT_OK = 0
 DEBUG_VAR = "NRNN_DEBUG"
@@ -30,13 +42,20 @@ def debug() -> bool:
 def quiet_frameworks() -> None:
     """Silence Lightning's info banners and the framework warnings a CLI user cannot act on.
 
-    Called by the subcommands that train or evaluate (never by the library), after Lightning is imported (it
-    sets its own logger levels on import). ``NRNN_DEBUG=1`` keeps them.
+    Called by the subcommands that train or evaluate (never by the library). Each Lightning distribution sets
+    its own logger levels on import, so every installed one is imported first (the noise callback imports them
+    all anyway). ``NRNN_DEBUG=1`` keeps them.
     """
     if debug():
         return
+    import importlib
     import logging
     import warnings
+
+    from nrnn_plugin.integrations.distributions import installed_distributions
+
+    for distribution in installed_distributions():
+        importlib.import_module(distribution)
 
     for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning", "pytorch_forecasting"):
         logging.getLogger(name).setLevel(logging.ERROR)
@@ -49,17 +68,21 @@ def quiet_frameworks() -> None:
     warnings.filterwarnings("ignore", message=r".*is an instance of `nn.Module` and is already saved.*")
 
 
-def set_threads(threads: int | None) -> None:
-    """``torch.set_num_threads`` for this run (``None``: leave PyTorch's default).
+#: PyTorch CPU threads per command when ``--threads`` is not given (measured: ``docs/cli.md``, "Threads"). The
+#: recurrent models these commands train and evaluate are small: their matrix products are too small to split
+#: across cores, and OpenMP workers spinning on a shared or oversubscribed machine cost more than they give.
+THREAD_DEFAULTS = {"train": 1, "predict": 1, "robustness": 1, "demo": 1}
 
-    Small recurrent models are fastest on one thread: their matrix products are too small to split, and
-    OpenMP workers that spin while the machine is busy cost more than they give (measured on a busy 2-core
-    machine: the two models of ``nrnn demo --quick`` trained in 8 s on one thread, 59 s on two).
-    """
-    if threads is not None:
-        import torch
 
-        torch.set_num_threads(threads)
+def set_threads(threads: int | None, command: str | None = None) -> int:
+    """``torch.set_num_threads`` for this run: ``threads``, else the command's default (:data:`THREAD_DEFAULTS`;
+    PyTorch's own default for commands not listed). Returns the thread count in use."""
+    import torch
+
+    chosen = threads if threads is not None else THREAD_DEFAULTS.get(command or "")
+    if chosen is not None:
+        torch.set_num_threads(chosen)
+    return int(torch.get_num_threads())
 
 
 def require(command: str, modules: Sequence[str], extra: str) -> None:
@@ -108,11 +131,10 @@ def format_plugin_report(report: Sequence[dict[str, Any]], group: str) -> str:
             handles = adapter.get("handles") or []
             detail = ("handles " + ", ".join(_short(h) for h in handles)) if handles else ""
         rows.append((entry["name"], entry["source"], status, detail))
-    header = ("plugin", "source", "status", "details")
-    widths = [max(len(r[i]) for r in rows + [header]) for i in range(3)]
-    lines = [f"nrnn-plugin plugins (entry-point group {group!r}):"]
-    for row in [header] + rows:
-        lines.append("  " + "  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths)) + "  " + row[3])
+    from tabulate import tabulate
+
+    table = tabulate(rows, headers=("plugin", "source", "status", "details"), tablefmt="plain")
+    lines = [f"nrnn-plugin plugins (entry-point group {group!r}):"] + ["  " + line for line in table.splitlines()]
     return "\n".join(line.rstrip() for line in lines)
 
 
@@ -123,17 +145,22 @@ def _short(qualified: str) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from nrnn_plugin.app.outputs import check_output_folder
     from nrnn_plugin.app.run_config import load_run_config
 
-    set_threads(args.threads)
+    set_threads(args.threads, "train")
     reporter = StderrReporter(quiet=args.quiet)
-    config = load_run_config(args.config)  # the run file and the data are checked before the slow imports
+    config = load_run_config(args.config)  # the run file, the output folder and the data before the slow imports
     if args.no_noise:
-        config = dataclasses.replace(config, noise=None)
+        config = config.replace(noise=None)
+    check_output_folder(args.out or config.output.dir, overwrite=args.overwrite)
     from nrnn_plugin.app.data import load_training_data
 
     config, prepared, split = load_training_data(config, args.data)
     require("train", FORECASTING, "forecasting")
+    from nrnn_plugin.app.tracking import check_logger
+
+    check_logger(config.trainer.logger)
     reporter.progress(f"{args.config}: valid; importing pytorch-forecasting")
     from nrnn_plugin.app import training
 
@@ -141,28 +168,72 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {}
     if args.max_epochs is not None:
         overrides["max_epochs"] = args.max_epochs
+    if args.seed is not None:
+        overrides["seed"] = args.seed
     result = training.run_training(
-        config, prepared, split, out_dir=args.out, trainer_overrides=overrides, reporter=reporter
+        config,
+        prepared,
+        split,
+        out_dir=args.out,
+        overwrite=args.overwrite,
+        trainer_overrides=overrides,
+        reporter=reporter,
     )
     print(training.format_training_summary(result))
     return EXIT_OK
 
 
-def cmd_robustness(args: argparse.Namespace) -> int:
-    set_threads(args.threads)
+def cmd_predict(args: argparse.Namespace) -> int:
+    from nrnn_plugin.app.outputs import check_output_folder
+
+    set_threads(args.threads, "predict")
     reporter = StderrReporter(quiet=args.quiet)
+    out = Path(args.out) if args.out else Path(args.run) / "predictions"
+    check_output_folder(out, overwrite=args.overwrite)
+    require("predict", FORECASTING, "forecasting")
+    from nrnn_plugin.app import predict
+
+    quiet_frameworks()
+    result = predict.run_predict(
+        run=args.run,
+        data_path=args.data,
+        out_dir=out,
+        overwrite=args.overwrite,
+        samples=args.samples,
+        noise=args.sample_noise,
+        seed=args.seed,
+        reporter=reporter,
+    )
+    print(result.summary)
+    for path in result.files:
+        reporter.note(f"wrote {path}")
+    return EXIT_OK
+
+
+def cmd_robustness(args: argparse.Namespace) -> int:
+    from nrnn_plugin.app.outputs import check_output_folder
+
+    set_threads(args.threads, "robustness")
+    reporter = StderrReporter(quiet=args.quiet)
+    from nrnn_plugin.app.variants import parse_variants
+
+    variants = parse_variants(args.checkpoint)  # names and globs checked before the slow imports
+    out = Path(args.out) if args.out else variants[0].checkpoints[0].parent / "robustness"
+    check_output_folder(out, overwrite=args.overwrite)
     require("robustness", (*FORECASTING, "matplotlib"), "forecasting,data")
     from nrnn_plugin.app import report as report_engine
 
     quiet_frameworks()
     report = report_engine.run_robustness_report(
-        checkpoints=args.checkpoint,
+        variants=variants,
         data_path=args.data,
-        out_dir=args.out,
+        out_dir=out,
+        overwrite=args.overwrite,
         perturbations=args.perturbations,
         strengths=args.strengths,
         seeds=args.seeds,
         windows=args.windows,
+        metric=args.metric,
         reporter=reporter,
     )
     print(report.table)
@@ -171,8 +242,18 @@ def cmd_robustness(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_schema(args: argparse.Namespace) -> int:
+    from nrnn_plugin.app import schema_doc
+
+    print(schema_doc.markdown_reference() if args.markdown else schema_doc.schema_json(), end="")
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    set_threads(args.threads)
+    from nrnn_plugin.app.outputs import check_output_folder
+
+    set_threads(args.threads, "demo")
+    check_output_folder(args.out, overwrite=args.overwrite)
     reporter = StderrReporter(quiet=args.quiet)
     require("demo", (*FORECASTING, "statsmodels", "matplotlib"), "forecasting,data")
     from nrnn_plugin.app import demo
@@ -186,6 +267,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         seed=args.seed,
         noise=args.noise,
+        overwrite=args.overwrite,
         reporter=reporter,
     )
     print(result.table)
@@ -195,14 +277,47 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    set_threads(args.threads)
+    from nrnn_plugin.app.outputs import check_output_folder
+
+    set_threads(args.threads, "bench")
+    if args.out is not None:
+        check_output_folder(args.out, overwrite=args.overwrite)
     reporter = StderrReporter(quiet=args.quiet)
     from nrnn_plugin.app import bench
 
     quiet_frameworks()
 
-    result = bench.run_bench(quick=args.quick, tiny=args.tiny, clock=args.clock, out_dir=args.out, reporter=reporter)
+    result = bench.run_bench(
+        quick=args.quick,
+        tiny=args.tiny,
+        clock=args.clock,
+        out_dir=args.out,
+        overwrite=args.overwrite,
+        reporter=reporter,
+    )
     print(result.table)
+    for path in result.files:
+        reporter.note(f"wrote {path}")
+    return EXIT_OK
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    set_threads(args.threads)
+    reporter = StderrReporter(quiet=args.quiet)
+    require("tune", (*FORECASTING, "optuna", "optuna_integration"), "forecasting,tune")
+    from nrnn_plugin.app import training, tune  # noqa: F401 (Lightning imported before it is quietened)
+
+    quiet_frameworks()
+    result = tune.run_tune(
+        args.config,
+        out_dir=args.out,
+        trials=args.trials,
+        storage=args.storage,
+        data_path=args.data,
+        max_epochs=args.max_epochs,
+        reporter=reporter,
+    )
+    print(tune.format_summary(result, args.out))
     for path in result.files:
         reporter.note(f"wrote {path}")
     return EXIT_OK

@@ -5,26 +5,28 @@ a missing file, column names that do not exist (the error lists the ones that do
 covariate, duplicate or missing time steps, missing values (interpolated, dropped or refused by
 ``data.missing``) and series too short for the time split (the error gives the minimum length).
 
-Times become integer steps: an integer column as it is, dates as periods of ``data.freq`` since the first
-date (the mapping, :class:`TimeAxis`, is stored with the run so evaluation data maps the same way).
+Times become integer steps: an integer column as it is, dates as steps of ``data.freq`` (any pandas
+calendar, :mod:`nrnn_plugin.app.timeaxis`) since the first date; the mapping is stored with the run so
+evaluation and prediction data map the same way and forecasts get their dates back.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from nrnn_plugin.app.checks import fill_missing, finite, future_mask, missing_columns, numeric
 from nrnn_plugin.app.errors import ConfigError, DataError, InputError
 from nrnn_plugin.app.run_config import DATA_SUFFIXES, DataSpec, RunConfig
+from nrnn_plugin.app.timeaxis import TimeAxis, date_steps
 
 __all__ = [
     "SERIES_COLUMN",
+    "FUTURE_COLUMN",
     "TimeAxis",
     "PreparedData",
     "Split",
@@ -37,11 +39,17 @@ __all__ = [
 ]
 
 SERIES_COLUMN = "_series"  # the group column added when data.group_ids is empty
+FUTURE_COLUMN = "_future"  # marks the forecast horizon's rows (prepare_frame(future_rows=True))
 
 
 def read_table(path: str | Path) -> pd.DataFrame:  # noqa: C901 (one branch per format)
-    """A CSV (``.csv``, ``.csv.gz``, ``.tsv``) or parquet (``.parquet``, ``.pq``) file as a DataFrame."""
+    """A CSV (``.csv``, ``.csv.gz``, ``.tsv``) or parquet (``.parquet``, ``.pq``) file as a DataFrame.
+
+    Neither reader executes anything from the file (no pickle); other suffixes are refused.
+    """
     file = Path(path)
+    if not file.name.lower().endswith(DATA_SUFFIXES) and not file.is_dir():
+        raise InputError(f"data file {str(file)!r}: expected one of the suffixes {list(DATA_SUFFIXES)}")
     if not file.exists():
         raise InputError(f"data file not found: {str(file)!r}")
     if file.is_dir():
@@ -55,25 +63,17 @@ def read_table(path: str | Path) -> pd.DataFrame:  # noqa: C901 (one branch per 
                 raise InputError(f"reading parquet needs pyarrow (pip install pyarrow): {exc}") from None
         if name.endswith(".tsv"):
             return pd.read_csv(file, sep="\t")
-        if name.endswith((".csv", ".csv.gz", ".txt")):
+        if name.endswith((".csv", ".csv.gz")):
             return pd.read_csv(file)
     except InputError:
         raise
     except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
-        raise DataError(f"could not read {str(file)!r}: {exc}") from None
+        raise DataError(f"could not read {str(file)!r} ({_first_line(exc)}); is it a CSV or parquet file?") from None
     raise InputError(f"data file {str(file)!r}: expected one of the suffixes {list(DATA_SUFFIXES)}")
 
 
-@dataclass(frozen=True)
-class TimeAxis:
-    """How the ``time`` column maps to integer steps: integers as they are, or dates as periods since ``origin``."""
-
-    kind: str  # "int" or "date"
-    freq: str | None = None
-    origin: str | None = None  # the first period (ISO string) when kind == "date"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "freq": self.freq, "origin": self.origin}
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 @dataclass
@@ -87,35 +87,9 @@ class PreparedData:
     notes: list[str] = field(default_factory=list)
 
 
-def _missing_columns(df: pd.DataFrame, spec: DataSpec, source: str) -> None:
-    wanted = list(dict.fromkeys(spec.columns))
-    missing = [c for c in wanted if c not in df.columns]
-    if missing:
-        raise DataError(
-            f"{source}: column(s) {missing} not found; the file has columns {[str(c) for c in df.columns]} "
-            "(check data.time, data.target, data.group_ids and the covariate lists)"
-        )
-
-
-def _numeric(df: pd.DataFrame, column: str, role: str, source: str) -> pd.Series:
-    values = df[column]
-    types = pd.api.types
-    if types.is_bool_dtype(values) or not (
-        types.is_numeric_dtype(values) or types.is_object_dtype(values) or types.is_string_dtype(values)
-    ):
-        raise DataError(f"{source}: {role} column {column!r} must be numeric, got dtype {values.dtype}")
-    converted = pd.to_numeric(values, errors="coerce")
-    bad = converted.isna() & values.notna()
-    if bad.any():
-        row = int(np.flatnonzero(bad.to_numpy())[0])
-        raise DataError(
-            f"{source}: {role} column {column!r} must be numeric, but {int(bad.sum())} value(s) are not "
-            f"(first at row {row}: {values.iloc[row]!r})"
-        )
-    return converted.astype("float64")
-
-
-def _time_steps(df: pd.DataFrame, spec: DataSpec, source: str, axis: TimeAxis | None) -> tuple[pd.Series, TimeAxis]:
+def _time_steps(
+    df: pd.DataFrame, spec: DataSpec, source: str, axis: TimeAxis | None, notes: list[str]
+) -> tuple[pd.Series, TimeAxis]:
     column = df[spec.time]
     if axis is None or axis.kind == "int":
         if pd.api.types.is_integer_dtype(column):
@@ -127,66 +101,48 @@ def _time_steps(df: pd.DataFrame, spec: DataSpec, source: str, axis: TimeAxis | 
         if axis is not None:
             raise DataError(f"{source}: time column {spec.time!r} must hold integer steps like the training data")
     if column.isna().any():
-        raise DataError(f"{source}: time column {spec.time!r} has {int(column.isna().sum())} missing value(s)")
-    try:
-        with warnings.catch_warnings():  # "could not infer format": the values are checked right here
-            warnings.simplefilter("ignore", UserWarning)
-            dates = pd.to_datetime(column)
-    except (ValueError, TypeError, OverflowError):
+        row = int(np.flatnonzero(column.isna().to_numpy())[0])
         raise DataError(
-            f"{source}: time column {spec.time!r} must hold integer steps or dates, got values like {column.iloc[0]!r}"
-        ) from None
-    freq = axis.freq if axis is not None else spec.freq
-    if freq is None:
-        unique = pd.DatetimeIndex(sorted(dates.unique()))
-        freq = pd.infer_freq(unique) if len(unique) >= 3 else None
-        if freq is None:
-            raise ConfigError(
-                f"data.freq: could not infer the frequency of the dates in {spec.time!r}; set it (e.g. 'D', 'W-SAT', "
-                "'MS')"
-            )
-    try:
-        periods = dates.dt.to_period(freq)
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"data.freq: {freq!r} is not a pandas frequency for these dates ({exc})") from None
-    origin = pd.Period(axis.origin, freq=freq) if axis is not None else periods.min()
-    steps = periods.map(lambda p: (p - origin).n).astype("int64")
-    return steps, TimeAxis("date", freq=freq, origin=str(origin))
-
-
-def _fill_missing(
-    frame: pd.DataFrame,
-    columns: Sequence[str],
-    group_ids: Sequence[str],
-    policy: str,
-    source: str,
-    notes: list[str],
-) -> pd.DataFrame:
-    """Apply ``data.missing`` to the numeric columns: interpolate within each series, drop rows, or refuse."""
-    counts = {c: int(frame[c].isna().sum()) for c in columns}
-    counts = {c: n for c, n in counts.items() if n}
-    if not counts:
-        return frame
-    described = ", ".join(f"{c!r}: {n}" for c, n in counts.items())
-    if policy == "error":
-        raise DataError(f"{source}: missing values ({described}); fill them or set data.missing: interpolate or drop")
-    if policy == "drop":
-        notes.append(f"dropped rows with missing values ({described})")
-        return frame.dropna(subset=list(counts)).reset_index(drop=True)
-    filled = frame.copy()
-    for column in counts:
-        filled[column] = frame.groupby(list(group_ids), sort=False, observed=True)[column].transform(
-            lambda s: s.interpolate(limit_direction="both")
+            f"{source}: time column {spec.time!r} has {int(column.isna().sum())} missing value(s) (first at row {row})"
         )
-    still = {c: int(filled[c].isna().sum()) for c in counts if filled[c].isna().any()}
-    if still:
-        raise DataError(f"{source}: columns {sorted(still)} have no values at all in some series; cannot interpolate")
-    notes.append(f"interpolated missing values ({described})")
-    return filled
+    dates = _parse_dates(column, spec.time, source)
+    try:
+        steps, axis, found = date_steps(dates, spec.freq, axis, where=f"{source}: time column {spec.time!r}")
+    except ValueError as exc:
+        text = str(exc)
+        raise (ConfigError(f"data.freq: {text}") if "frequency" in text else DataError(text)) from None
+    notes.extend(found)
+    return pd.Series(steps, index=column.index, dtype="int64"), axis
+
+
+def _parse_dates(column: pd.Series, name: str, source: str) -> pd.Series:
+    """The column as datetimes; the first value that is not a date is named with its row."""
+    if pd.api.types.is_datetime64_any_dtype(column):
+        return column
+    with warnings.catch_warnings():  # "could not infer format": the values are checked right here
+        warnings.simplefilter("ignore", UserWarning)
+        try:
+            dates = pd.to_datetime(column, errors="coerce")
+        except (ValueError, TypeError, OverflowError):
+            dates = pd.Series(pd.NaT, index=column.index)
+    bad = dates.isna().to_numpy()
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        like = "" if row == 0 else f" like row 0's {column.iloc[0]!r}"
+        raise DataError(
+            f"{source}: time column {name!r} must hold integer steps or dates{like}, but {int(bad.sum())} value(s) "
+            f"are not (first at row {row}: {column.iloc[row]!r})"
+        )
+    return dates
 
 
 def prepare_frame(
-    df: pd.DataFrame, spec: DataSpec, *, source: str = "data", time_axis: TimeAxis | None = None
+    df: pd.DataFrame,
+    spec: DataSpec,
+    *,
+    source: str = "data",
+    time_axis: TimeAxis | None = None,
+    future_rows: bool = False,
 ) -> PreparedData:
     """Check columns and types, turn times into integer steps, fill or refuse missing values.
 
@@ -195,29 +151,35 @@ def prepare_frame(
         spec: the ``data`` section.
         source: how to name the data in error messages (usually the file name).
         time_axis: the training run's time mapping (for evaluation data); ``None`` derives it from ``df``.
+        future_rows: rows after a series' last observed target are its forecast horizon (``nrnn predict``):
+            marked in the column :data:`FUTURE_COLUMN`, left out of ``data.missing``, their target set to the
+            last observed value (a placeholder: models decode from their own forecasts); their known
+            covariates must be present.
     Raises:
         DataError: missing columns (names them and lists the existing ones), non-numeric target or real
             covariates, duplicate or missing time steps, no rows.
     """
     if df.empty:
         raise DataError(f"{source}: the table has no rows")
-    _missing_columns(df, spec, source)
+    missing_columns(df, spec, source)
     notes: list[str] = []
-    frame = df[list(dict.fromkeys(spec.columns))].copy()
-    frame[spec.time], axis = _time_steps(frame, spec, source, time_axis)
+    frame = df[list(spec.columns)].copy()
+    frame[spec.time], axis = _time_steps(frame, spec, source, time_axis, notes)
     group_ids = spec.group_ids
     if not group_ids:
         frame[SERIES_COLUMN] = "0"
         group_ids = (SERIES_COLUMN,)
-    for column in group_ids + spec.known_categoricals + spec.static_categoricals:
+    for column in dict.fromkeys(group_ids + spec.known_categoricals + spec.static_categoricals):
         if frame[column].isna().any():
             count = int(frame[column].isna().sum())
             raise DataError(f"{source}: categorical column {column!r} has {count} missing value(s)")
         frame[column] = frame[column].astype(str)
-    frame[spec.target] = _numeric(frame, spec.target, "target", source)
+    frame[spec.target] = numeric(frame, spec.target, "target", source)
     reals = spec.known_reals + spec.unknown_reals + spec.static_reals
     for column in reals:
-        frame[column] = _numeric(frame, column, "real covariate", source)
+        frame[column] = numeric(frame, column, "real covariate", source)
+    for column in (spec.target, *reals):
+        finite(frame[column], column, source)
     frame = frame.sort_values(list(group_ids) + [spec.time], kind="stable").reset_index(drop=True)
     duplicated = frame.duplicated(list(group_ids) + [spec.time])
     if duplicated.any():
@@ -227,7 +189,10 @@ def prepare_frame(
             f"in series {tuple(row[g] for g in group_ids) if spec.group_ids else 'the only series'}); "
             "set data.group_ids if the file holds several series"
         )
-    frame = _fill_missing(frame, (spec.target,) + reals, group_ids, spec.missing, source, notes)
+    if future_rows:
+        frame = _split_future(frame, spec, group_ids, reals, source, notes)
+    else:
+        frame = fill_missing(frame, (spec.target,) + reals, group_ids, spec.missing, source, notes)
     if not spec.allow_missing_timesteps:
         steps = frame.groupby(list(group_ids), sort=False, observed=True)[spec.time].diff()
         gap = steps > 1
@@ -238,6 +203,33 @@ def prepare_frame(
                 f"{int(frame[spec.time].iloc[i])}); fill the gaps or set data.allow_missing_timesteps: true"
             )
     return PreparedData(frame=frame, spec=spec, time_axis=axis, group_ids=tuple(group_ids), notes=notes)
+
+
+def _split_future(
+    frame: pd.DataFrame,
+    spec: DataSpec,
+    group_ids: tuple[str, ...],
+    reals: tuple[str, ...],
+    source: str,
+    notes: list[str],
+) -> pd.DataFrame:
+    future = future_mask(frame, spec.target, group_ids)
+    history = fill_missing(frame[~future], (spec.target,) + reals, group_ids, spec.missing, source, notes)
+    ahead = frame[future].copy()
+    for column in spec.known_reals:
+        missing = ahead[column].isna().to_numpy()
+        if missing.any():
+            raise DataError(
+                f"{source}: known real {column!r} is missing in {int(missing.sum())} future row(s) (first at time "
+                f"step {int(ahead[spec.time].iloc[int(np.flatnonzero(missing)[0])])}); known covariates must be "
+                "given for the forecast horizon"
+            )
+    combined = pd.concat([history.assign(**{FUTURE_COLUMN: False}), ahead.assign(**{FUTURE_COLUMN: True})])
+    combined = combined.sort_values(list(group_ids) + [spec.time], kind="stable").reset_index(drop=True)
+    keys = [combined[g] for g in group_ids]
+    for column in (spec.target, *spec.unknown_reals, *spec.static_reals):
+        combined[column] = combined.groupby(keys, sort=False, observed=True)[column].ffill()
+    return combined
 
 
 # ---------------------------------------------------------------------------------------------- split
@@ -325,10 +317,10 @@ def split_and_check(prepared: PreparedData, *, source: str = "data") -> tuple[Pr
 def load_training_data(config: RunConfig, data_path: str | None = None) -> tuple[RunConfig, PreparedData, Split]:
     """Read and check the run's data (pandas only; see :mod:`nrnn_plugin.app.data`); ``data_path`` overrides
     ``data.path``. Returns the config with the path filled in, the prepared data and its time split."""
-    path = data_path or config.data.path
+    path = str(Path(data_path).absolute()) if data_path else config.data.path
     if not path:
         raise ConfigError("data.path: required (or pass --data FILE), but missing")
-    config = replace(config, data=replace(config.data, path=str(path)))
+    config = config.replace(data=config.data.replace(path=str(path)))
     source = Path(path).name
     prepared = prepare_frame(read_table(path), config.data, source=source)
     prepared, split = split_and_check(prepared, source=source)

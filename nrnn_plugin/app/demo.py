@@ -9,11 +9,14 @@ Recipe (every number is in :data:`DEFAULT` / :data:`QUICK`):
 2. ``RecurrentNetwork`` (one LSTM layer) from ``TimeSeriesDataSet``: 52 weeks in, 13 weeks out (decoded
    autoregressively in evaluation: a real 13-week forecast), MAE loss.
 3. For every training seed, the *same* model is trained twice with the same seed, data order and epoch
-   budget: once plainly, once with :class:`~nrnn_plugin.lightning.NoisyRNNCallback` (additive hidden-state
-   noise; the noise stream is seeded by the training seed). Nothing else differs.
+   budget: once plainly, once with :class:`~nrnn_plugin.integrations.lightning.NoisyRNNCallback` (additive
+   hidden-state noise; the noise stream is seeded by the training seed). Nothing else differs.
 4. Both are evaluated noise-free on the test windows, clean and with perturbed (normalised) encoder inputs:
    white noise, salt and pepper, FGSM and PGD (:func:`nrnn_plugin.robustness.evaluate`).
-5. Output: the comparison table (MAE, mean ± std over training seeds x perturbation seeds) on stdout,
+5. Output: the comparison table on stdout: per grid point both models' MAE (mean ± std over training seeds, each
+   averaged over the perturbation seeds), the paired per-seed change of the noisy model against the plain one
+   with its t-based 95% interval (:mod:`nrnn_plugin.app.stats`) and the number of seeds that improved; the
+   conclusion states a difference only where the interval excludes 0. Also
    ``demo_results.csv`` (tidy, one row per model/seed/perturbation/strength/metric), ``demo_robustness.png``
    and the data as ``co2_weekly.csv`` (input of ``examples/run.yaml``) in the output folder.
 
@@ -31,6 +34,7 @@ import pandas as pd
 from nrnn_plugin.app import report, training
 from nrnn_plugin.app.data import prepare_frame, split_and_check
 from nrnn_plugin.app.datasets import build_datasets
+from nrnn_plugin.app.outputs import OutputFolder
 from nrnn_plugin.app.progress import NullReporter, Reporter
 from nrnn_plugin.app.run_config import DataSpec, ModelSpec, TrainerSpec
 from nrnn_plugin.config import NoiseConfig
@@ -53,7 +57,7 @@ class DemoSettings:
 
 DEFAULT = DemoSettings(
     epochs=15,
-    seeds=(0, 1, 2),
+    seeds=tuple(range(8)),
     hidden_size=32,
     noise=0.3,
     perturbation_seeds=(0, 1),
@@ -67,7 +71,7 @@ DEFAULT = DemoSettings(
 
 QUICK = DemoSettings(
     epochs=4,
-    seeds=(0,),
+    seeds=(0, 1),
     hidden_size=16,
     noise=0.3,
     perturbation_seeds=(0,),
@@ -129,11 +133,11 @@ def run_demo(
     epochs: int | None = None,
     seed: int = 0,
     noise: float | None = None,
+    overwrite: bool = False,
     reporter: Reporter | None = None,
 ) -> DemoResult:
-    """Train, evaluate and compare; write CSV and PNG into ``out_dir``. ``seed`` offsets the training seeds."""
-    from nrnn_plugin.robustness import plot_robustness
-
+    """Train, evaluate and compare; write CSV and PNG into ``out_dir`` (all or nothing; an existing non-empty
+    folder only with ``overwrite``). ``seed`` offsets the training seeds."""
     reporter = reporter or NullReporter()
     if dataset not in SETTINGS:
         raise ValueError(f"run_demo: dataset must be one of {DATASETS}, got {dataset!r}")
@@ -143,8 +147,15 @@ def run_demo(
     if noise is not None:
         settings = replace(settings, noise=noise)
     seeds = tuple(seed + s for s in settings.seeds)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    folder = OutputFolder(out_dir, overwrite=overwrite)
+    with folder as staging:
+        result = _run(staging, settings, seeds, dataset, reporter)
+    out = folder.target
+    return DemoResult(results=result.results, table=result.table, files=[out / f.name for f in result.files])
+
+
+def _run(out: Path, settings: DemoSettings, seeds: tuple[int, ...], dataset: str, reporter: Reporter) -> DemoResult:
+    from nrnn_plugin.robustness import plot_robustness
 
     raw, spec, csv_name = load_dataset(dataset)
     data_file = out / csv_name
@@ -225,7 +236,7 @@ def run_demo(
         ncols=len(settings.grid),
         title=f"{dataset}: test MAE under perturbed encoder inputs (bands: ± std over seeds)",
     )
-    table = _report(folded, settings, seeds, fit_seconds, plain_name, noisy_name, dataset)
+    table = _report(settings, seeds, fit_seconds, plain_name, noisy_name, dataset, results, len(test))
     return DemoResult(results=results, table=table, files=[csv_path, png_path, data_file])
 
 
@@ -236,36 +247,146 @@ def _fold_seeds(results: pd.DataFrame) -> pd.DataFrame:
     return folded.drop(columns=["train_seed", "perturbation_seed"])
 
 
+_VERDICTS = {"better": "lower MAE with noise", "worse": "higher MAE with noise"}
+
+
+def _mean_sd(mean: float, sd: float) -> str:
+    """``0.5028 ± 0.035`` (the spread over training seeds; only the mean for one seed)."""
+    return f"{mean:.4g} ± {sd:.2g}" if sd == sd else f"{mean:.4g}"
+
+
+@dataclass(frozen=True)
+class PairedRow:
+    """One grid point: both models' mean MAE (and spread over seeds) and the paired change in % of plain's."""
+
+    perturbation: str
+    strength: float
+    plain: float
+    plain_sd: float
+    noisy: float
+    noisy_sd: float
+    change: float
+    low: float
+    high: float
+    improved: int
+    n: int
+    verdict: str
+
+    @property
+    def label(self) -> str:
+        return "clean" if self.strength == 0.0 else f"{self.perturbation} {self.strength:g}"
+
+
+def _per_seed(mae: pd.DataFrame) -> pd.DataFrame:
+    """MAE per (model, perturbation, strength, training seed), averaged over the perturbation seeds."""
+    return mae.groupby(["model", "perturbation", "strength", "train_seed"], as_index=False, sort=False)["value"].mean()
+
+
+def paired_rows(results: pd.DataFrame, plain: str, noisy: str) -> list[PairedRow]:
+    """Per grid point: both models' mean MAE and the paired per-seed change of ``noisy`` against ``plain``."""
+    from nrnn_plugin.app.stats import paired_difference, verdict
+
+    per_seed = _per_seed(results[results["metric"] == "mae"])
+    rows: list[PairedRow] = []
+    clean_done = False
+    for (perturbation, strength), part in per_seed.groupby(["perturbation", "strength"], sort=False):
+        if strength == 0.0:
+            if clean_done:
+                continue
+            clean_done = True
+        pivot = part.pivot_table(index="train_seed", columns="model", values="value")
+        d = paired_difference(pivot[plain].tolist(), pivot[noisy].tolist(), lower_is_better=True)
+        scale = 100.0 / d.control_mean
+        rows.append(
+            PairedRow(
+                perturbation="clean" if strength == 0.0 else str(perturbation),
+                strength=float(strength),
+                plain=d.control_mean,
+                plain_sd=float(pivot[plain].std(ddof=1)) if d.n > 1 else float("nan"),
+                noisy=d.treated_mean,
+                noisy_sd=float(pivot[noisy].std(ddof=1)) if d.n > 1 else float("nan"),
+                change=d.mean * scale,
+                low=d.low * scale,
+                high=d.high * scale,
+                improved=d.improved,
+                n=d.n,
+                verdict=verdict(d) if d.n > 1 else "one seed: no interval",
+            )
+        )
+    return rows
+
+
 def _report(
-    folded: pd.DataFrame,
     settings: DemoSettings,
     seeds: tuple[int, ...],
     fit_seconds: dict[str, float],
     plain: str,
     noisy: str,
     dataset: str,
+    results: pd.DataFrame,
+    windows: int,
 ) -> str:
-    mae = folded[folded["metric"] == "mae"]
-    means = mae.groupby(["model", "perturbation", "strength"])["value"].mean()
-    clean = {m: means[m].xs(0.0, level="strength").iloc[0] for m in (plain, noisy)}
-    strongest = []
-    for perturbation, strengths in settings.grid.items():
-        top = max(strengths)
-        if top > 0:
-            change = 100.0 * (means[(noisy, perturbation, top)] / means[(plain, perturbation, top)] - 1.0)
-            strongest.append((perturbation, top, change))
+    rows = paired_rows(results, plain, noisy)
+    table = [
+        [
+            "perturbation",
+            "strength",
+            f"{plain} MAE",
+            f"{noisy} MAE",
+            "change",
+            "95% CI",
+            "improved",
+            "verdict (noise vs plain)",
+        ]
+    ]
+    for r in rows:
+        table.append(
+            [
+                r.perturbation,
+                "-" if r.strength == 0.0 else f"{r.strength:g}",
+                _mean_sd(r.plain, r.plain_sd),
+                _mean_sd(r.noisy, r.noisy_sd),
+                f"{r.change:+.1f}%",
+                f"[{r.low:+.1f}%, {r.high:+.1f}%]" if r.n > 1 else "-",
+                f"{r.improved}/{r.n}",
+                _VERDICTS.get(r.verdict, r.verdict),
+            ]
+        )
+    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
+    text = [
+        "  ".join(c.ljust(w) if i in (0, 7) else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))).rstrip()
+        for line in table
+    ]
+    text.insert(1, "  ".join("-" * w for w in widths))
+
+    def listed(kind: str) -> str:
+        chosen = [r for r in rows if r.verdict == kind]
+        return (
+            ", ".join(
+                f"{r.label} ({r.change:+.1f}% [{r.low:+.1f}%, {r.high:+.1f}%], {r.improved}/{r.n} seeds)"
+                for r in chosen
+            )
+            or "none"
+        )
+
     lines = [
-        f"nrnn demo: {dataset}, test windows; MAE in the target's units (lower is better), mean ± std over "
-        f"{len(seeds)} training seed(s) x {len(settings.perturbation_seeds)} perturbation seed(s); "
-        f"change = {noisy} relative to {plain}",
+        f"nrnn demo: {dataset}, {windows} test windows; MAE in the target's units (lower is better), mean ± std over "
+        f"{len(seeds)} training seed(s) (each averaged over {len(settings.perturbation_seeds)} perturbation seed(s)); "
+        f"change = {noisy} minus {plain}, paired by training seed, in % of the {plain} MAE, with its t-based 95% "
+        f"interval; improved = seeds where noise lowered the MAE",
         "",
-        report.format_robustness_table(mae),
+        *text,
         "",
         f"training time ({settings.epochs} epochs x {len(seeds)} seed(s)): "
         + ", ".join(f"{name} {seconds:.0f}s" for name, seconds in fit_seconds.items()),
-        f"clean MAE: {plain} {clean[plain]:.4g}, {noisy} {clean[noisy]:.4g} "
-        f"({100.0 * (clean[noisy] / clean[plain] - 1.0):+.1f}%)",
-        "strongest perturbation of each kind, MAE change with noise: "
-        + ", ".join(f"{p} {s:g}: {c:+.1f}%" for p, s, c in strongest),
     ]
+    if len(seeds) > 1:
+        lines += [
+            "conclusion (a difference is stated only where its 95% interval excludes 0):",
+            f"  lower MAE with noise:  {listed('better')}",
+            f"  higher MAE with noise: {listed('worse')}",
+            f"  no clear difference:   {listed('no clear difference')}",
+        ]
+    else:
+        lines.append("conclusion: none (one training seed gives no uncertainty; run without --quick)")
     return "\n".join(lines)

@@ -1,198 +1,132 @@
-"""The schema of ``nrnn train --config run.yaml``: validated, immutable run configuration.
+"""The schema of ``nrnn train --config run.yaml``, defined once with pydantic (v2).
 
 A run file has five top-level sections; only ``data`` is required (``examples/run.yaml`` is a complete,
-commented example)::
+commented example; ``docs/run-file.md`` is the reference, generated from this module by ``nrnn schema``)::
 
     data:     where the table is and what its columns mean, window lengths, the time split
     model:    the pytorch-forecasting model class and its keyword arguments
-    trainer:  epochs, batch size, seed, gradient clipping, early stopping
+    trainer:  epochs, batch size, seed, gradient clipping, early stopping, logger
     noise:    a NoiseConfig (absent, empty or ``enabled: false``: plain training)
-    output:   where the checkpoint and its sidecar go
+    output:   where the run folder goes
+    tune:     the noise-level study of ``nrnn tune`` (optional; ignored by ``nrnn train``)
 
-Every section rejects unknown keys, and every error names the key (``data.target``), the allowed values and
-the value received. This module imports nothing heavy: ``nrnn --help`` and ``nrnn plugins`` stay fast, and the
-whole file is validated before pandas, Lightning or pytorch-forecasting is touched.
+Every section rejects unknown keys; every error is one line naming the key (``data.target``), the allowed
+values and the value received (:func:`format_validation_error`). The ``noise`` section is validated by
+:meth:`nrnn_plugin.NoiseConfig.from_dict` (the one definition of the noise fields). Relative paths in a run
+file (``data.path``, ``output.dir``) are relative to the run file's folder.
+
+A section is a :class:`~nrnn_plugin.app.section.Section` subclass and a field of :class:`RunConfig` (the
+``tune:`` section of ``nrnn tune`` is :class:`~nrnn_plugin.app.tune_schema.TuneSpec`): the JSON Schema, the
+reference page and the errors follow.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import (
+    ConfigDict,
+    Field,
+    PlainValidator,
+    WithJsonSchema,
+    field_serializer,
+    model_validator,
+)
 
 from nrnn_plugin.app.errors import ConfigError, DataError, InputError
-from nrnn_plugin.config import NoiseConfig, yaml_loader
-from nrnn_plugin.validation import (
-    check_bool,
-    check_choice,
-    check_int,
-    check_names,
-    check_real,
-    expected,
-    reject_unknown,
-)
+from nrnn_plugin.app.noise_schema import noise_json_schema
+from nrnn_plugin.app.schema_types import BatchLimit, Count, Names, TestSize, Text, ValSize, fail
+from nrnn_plugin.app.section import Section
+from nrnn_plugin.app.tune_schema import TuneSpec
+from nrnn_plugin.config import NoiseConfig
+from nrnn_plugin.yaml_io import load_yaml
 
 __all__ = [
     "InputError",
     "ConfigError",
     "DataError",
+    "Section",
     "DataSpec",
+    "TuneSpec",
     "ModelSpec",
     "TrainerSpec",
     "OutputSpec",
     "RunConfig",
     "SUPPORTED_MODELS",
+    "DATA_SUFFIXES",
     "load_run_config",
+    "noise_from_dict",
 ]
 
 #: pytorch-forecasting models (v1 API, ``Model.from_dataset``) whose recurrent layers nrnn makes noisy.
 SUPPORTED_MODELS = ("RecurrentNetwork", "DeepAR", "TemporalFusionTransformer")
-#: Target normalizers: per-window (``encoder``, suits trending series), per-series (``group``), none.
-NORMALIZERS = ("encoder", "group", "none")
-#: What to do with missing target values: interpolate inside each series, drop the rows, or refuse.
-MISSING = ("interpolate", "drop", "error")
+#: Models that decode autoregressively: every real they read must be known in advance (or be the target).
+AUTOREGRESSIVE = ("RecurrentNetwork", "DeepAR")
 DATA_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".parquet", ".pq")
+LOGGERS = ("csv", "tensorboard", "mlflow", "none")
 
 
-# ---------------------------------------------------------------------------------------------- checks
-
-
-def _reject_unknown(section: str, data: Mapping[str, Any], known: tuple[str, ...] | list[str]) -> None:
-    reject_unknown(f"section {section!r}" if section else "the run file", data, known, error=ConfigError)
-
-
-def _mapping(key: str, value: Any) -> Mapping[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise expected(key, "a mapping (a YAML section of 'name: value' lines)", value, ConfigError)
-    return value
-
-
-def _string(key: str, value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise expected(key, "a non-empty string", value, ConfigError)
-    return value
-
-
-def _optional_string(key: str, value: Any) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value:
-        raise expected(key, "a non-empty string or null", value, ConfigError)
-    return value
-
-
-def _strings(key: str, value: Any) -> tuple[str, ...]:
-    return check_names(key, value, what="column names", distinct=True, value_error=ConfigError, type_error=ConfigError)
-
-
-def _integer(key: str, value: Any, *, minimum: int) -> int:
-    return check_int(key, value, minimum=minimum, value_error=ConfigError, type_error=ConfigError)
-
-
-def _optional_integer(key: str, value: Any, *, minimum: int) -> int | None:
-    return None if value is None else _integer(key, value, minimum=minimum)
-
-
-def _number(key: str, value: Any, *, minimum: float, strict: bool) -> float:
-    return check_real(key, value, minimum=minimum, strict=strict, value_error=ConfigError, type_error=ConfigError)
-
-
-def _optional_number(key: str, value: Any, *, minimum: float, strict: bool) -> float | None:
-    return None if value is None else _number(key, value, minimum=minimum, strict=strict)
-
-
-def _choice(key: str, value: Any, choices: tuple[str, ...]) -> str:
-    return check_choice(key, value, choices, value_error=ConfigError, type_error=ConfigError)
-
-
-def _boolean(key: str, value: Any) -> bool:
-    return check_bool(key, value, type_error=ConfigError, spelling="true or false")
-
-
-def _split_size(key: str, value: Any, *, allow_zero: bool) -> float | int:
-    """A split size: an integer number of time steps (>= 1), or a fraction of the time span in (0, 1)."""
-    if isinstance(value, bool):
-        raise expected(key, "a number of time steps (integer >= 1) or a fraction in (0, 1)", value, ConfigError)
-    if allow_zero and value == 0:
-        return 0
-    if isinstance(value, int) and value >= 1:
-        return value
-    if isinstance(value, float) and 0.0 < value < 1.0:
-        return value
-    allowed = "a number of time steps (integer >= 1) or a fraction in (0, 1)" + (" or 0" if allow_zero else "")
-    raise expected(key, allowed, value, ConfigError)
-
-
-# ---------------------------------------------------------------------------------------------- sections
-
-
-@dataclass(frozen=True)
-class DataSpec:
+class DataSpec(Section):
     """Section ``data``: the table, its columns, window lengths and the time split.
 
-    ``time`` holds integer steps or dates; dates are turned into steps with ``freq`` (a pandas frequency such as
-    ``"D"``, ``"W-SAT"``, ``"MS"``), inferred from the data when ``null``. The split is by time, the same cut
-    for every series: the last ``test`` steps are held out (never used for training or model selection), the
-    ``validation`` steps before them select the checkpoint, and training uses everything earlier. Each is an
-    integer number of steps or a fraction of the time span.
+    The split is by time, the same cut for every series: the last ``test`` steps are held out (never used for
+    training or model selection), the ``validation`` steps before them select the checkpoint, and training uses
+    everything earlier.
     """
 
-    path: str | None = None
-    time: str = ""
-    target: str = ""
-    group_ids: tuple[str, ...] = ()
-    freq: str | None = None
-    known_reals: tuple[str, ...] = ()
-    unknown_reals: tuple[str, ...] = ()
-    known_categoricals: tuple[str, ...] = ()
-    static_categoricals: tuple[str, ...] = ()
-    static_reals: tuple[str, ...] = ()
-    max_encoder_length: int = 52
-    max_prediction_length: int = 13
-    normalizer: str = "encoder"
-    missing: str = "interpolate"
-    allow_missing_timesteps: bool = False
-    validation: float | int = 0.15
-    test: float | int = 0.15
+    SECTION: ClassVar[str] = "data"
 
-    @classmethod
-    def from_dict(cls, data: Any) -> DataSpec:
-        data = _mapping("data", data)
-        _reject_unknown("data", data, [f.name for f in fields(cls)])
-        for required in ("time", "target"):
-            if required not in data:
-                raise ConfigError(f"data.{required}: required (the name of the {required} column), but missing")
-        spec = cls(
-            path=_optional_string("data.path", data.get("path")),
-            time=_string("data.time", data["time"]),
-            target=_string("data.target", data["target"]),
-            group_ids=_strings("data.group_ids", data.get("group_ids")),
-            freq=_optional_string("data.freq", data.get("freq")),
-            known_reals=_strings("data.known_reals", data.get("known_reals")),
-            unknown_reals=_strings("data.unknown_reals", data.get("unknown_reals")),
-            known_categoricals=_strings("data.known_categoricals", data.get("known_categoricals")),
-            static_categoricals=_strings("data.static_categoricals", data.get("static_categoricals")),
-            static_reals=_strings("data.static_reals", data.get("static_reals")),
-            max_encoder_length=_integer("data.max_encoder_length", data.get("max_encoder_length", 52), minimum=1),
-            max_prediction_length=_integer(
-                "data.max_prediction_length", data.get("max_prediction_length", 13), minimum=1
-            ),
-            normalizer=_choice("data.normalizer", data.get("normalizer", "encoder"), NORMALIZERS),
-            missing=_choice("data.missing", data.get("missing", "interpolate"), MISSING),
-            allow_missing_timesteps=_boolean(
-                "data.allow_missing_timesteps", data.get("allow_missing_timesteps", False)
-            ),
-            validation=_split_size("data.validation", data.get("validation", 0.15), allow_zero=False),
-            test=_split_size("data.test", data.get("test", 0.15), allow_zero=True),
-        )
-        spec._check_roles()
-        return spec
+    path: Text | None = Field(
+        None,
+        description=(
+            "CSV (.csv, .csv.gz, .tsv) or parquet (.parquet, .pq) file; relative to the run file's folder; "
+            "`--data` overrides it"
+        ),
+    )
+    time: Text = Field(description="the time column: integer steps, or dates (any pandas frequency)")
+    target: Text = Field(description="the numeric column to forecast")
+    group_ids: Names = Field((), description="columns identifying each series of a long table; [] = one series")
+    freq: Text | None = Field(
+        None,
+        description=(
+            "pandas frequency of a date column ('D', 'W-SUN', 'MS', 'ME', 'QS-OCT', 'Q', 'YS', 'B', 'h', ...); "
+            "null: inferred from the dates"
+        ),
+    )
+    known_reals: Names = Field((), description="numeric covariates known in advance (calendar, prices, ...)")
+    unknown_reals: Names = Field(
+        (),
+        description=(
+            "numeric covariates observed only up to now (TemporalFusionTransformer only; the target always is one)"
+        ),
+    )
+    known_categoricals: Names = Field((), description="categorical covariates known in advance (holidays, ...)")
+    static_categoricals: Names = Field(
+        (), description="per-series constant categories (may repeat a group id column: a group embedding)"
+    )
+    static_reals: Names = Field((), description="per-series constant numbers")
+    max_encoder_length: Count = Field(52, description="time steps the model reads")
+    max_prediction_length: Count = Field(13, description="time steps it forecasts")
+    normalizer: Literal["encoder", "group", "none"] = Field(
+        "encoder", description="target scaling: per window (encoder; suits trends), per series (group) or none"
+    )
+    missing: Literal["interpolate", "drop", "error"] = Field(
+        "interpolate", description="missing target/real values: interpolate within a series, drop the rows, or refuse"
+    )
+    allow_missing_timesteps: bool = Field(False, strict=True, description="true lets series have gaps in time")
+    validation: ValSize = Field(
+        0.15, description="validation steps: an integer number of steps or a fraction of the time span"
+    )
+    test: TestSize = Field(
+        0.15,
+        description="held-out test steps (integer or fraction; 0 = no test part); `nrnn robustness` evaluates them",
+    )
 
-    def _check_roles(self) -> None:
+    @model_validator(mode="after")
+    def _check_roles(self) -> DataSpec:
         roles = {
             "time": (self.time,),
             "target": (self.target,),
@@ -206,22 +140,25 @@ class DataSpec:
         seen: dict[str, str] = {}
         for role, columns in roles.items():
             for column in columns:
+                if role == "static_categoricals" and seen.get(column) == "group_ids":
+                    continue  # pytorch-forecasting's idiom: the group id is also a static category (an embedding)
                 if column in seen:
-                    raise ConfigError(
-                        f"data.{role}: column {column!r} is already used as data.{seen[column]}; "
-                        "each column can have one role only"
+                    raise fail(
+                        f"data.{role}: column {column!r} is already used as data.{seen[column]}; each column can "
+                        "have one role only (a group id may also be a static categorical)"
                     )
                 seen[column] = role
         if isinstance(self.validation, float) and isinstance(self.test, float) and self.validation + self.test >= 1.0:
-            raise ConfigError(
+            raise fail(
                 f"data.validation + data.test: expected fractions that sum to less than 1 (training needs the "
                 f"rest), got {self.validation} + {self.test}"
             )
+        return self
 
     @property
     def columns(self) -> tuple[str, ...]:
-        """Every column the run reads, in role order."""
-        return (
+        """Every column the run reads, in role order, each once."""
+        every = (
             (self.time, self.target)
             + self.group_ids
             + self.known_reals
@@ -230,170 +167,162 @@ class DataSpec:
             + self.static_categoricals
             + self.static_reals
         )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: list(v) if isinstance(v, tuple) else v for f in fields(self) for v in [getattr(self, f.name)]}
+        return tuple(dict.fromkeys(every))
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """Section ``model``: ``class`` (one of :data:`SUPPORTED_MODELS`) and keyword arguments of that class.
+class ModelSpec(Section):
+    """Section ``model``: ``class`` and keyword arguments of ``<class>.from_dataset``.
 
-    The keyword arguments go to ``Model.from_dataset``; they are checked against the class's signature when
-    the model is built (:mod:`nrnn_plugin.app.training`). ``loss`` is the name of a ``pytorch_forecasting.metrics``
-    class (``MAE``, ``RMSE``, ``SMAPE``, ``QuantileLoss``, ``NormalDistributionLoss`` for DeepAR, ...).
+    The keyword arguments are checked against the class's signature when the model is built
+    (:mod:`nrnn_plugin.app.training`); the dataset-derived ones come from the data section. ``loss`` names a
+    ``pytorch_forecasting.metrics`` class (``MAE``, ``RMSE``, ``SMAPE``, ``QuantileLoss`` for the
+    TemporalFusionTransformer, ``NormalDistributionLoss`` for DeepAR, ...).
     """
 
-    name: str = "RecurrentNetwork"
-    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    SECTION: ClassVar[str] = "model"
+    model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
 
-    @classmethod
-    def from_dict(cls, data: Any) -> ModelSpec:
-        data = dict(_mapping("model", data))
-        name = data.pop("class", "RecurrentNetwork")
-        if name not in SUPPORTED_MODELS:
-            raise ConfigError(
-                f"model.class: expected one of {', '.join(repr(m) for m in SUPPORTED_MODELS)} (the "
-                f"pytorch-forecasting models with a recurrent layer that nrnn can make noisy), got {name!r}"
-            )
-        for key in data:
-            if not isinstance(key, str):
-                raise expected("model", "keyword argument names (strings)", key, ConfigError)
-        if "loss" in data:
-            _string("model.loss", data["loss"])
-        return cls(name=name, kwargs=data)
+    name: Literal["RecurrentNetwork", "DeepAR", "TemporalFusionTransformer"] = Field(
+        "RecurrentNetwork",
+        alias="class",
+        description="the pytorch-forecasting model; any other key is a keyword argument of its from_dataset",
+    )
+    loss: Text | None = Field(None, description="a pytorch_forecasting.metrics class name (null: the model's default)")
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        """The keyword arguments for ``from_dataset`` (``loss`` included when set)."""
+        extra = dict(self.model_extra or {})
+        return {**({"loss": self.loss} if self.loss is not None else {}), **extra}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"class": self.name, **dict(self.kwargs)}
+        return {"class": self.name, **self.kwargs}
 
 
-@dataclass(frozen=True)
-class TrainerSpec:
-    """Section ``trainer``: the training budget and its reproducibility.
+class TrainerSpec(Section):
+    """Section ``trainer``: the training budget, its reproducibility and where metrics are logged.
 
-    ``seed`` seeds weights, batch order and (when ``noise.seed`` is not set) the noise streams.
-    ``limit_train_batches`` caps batches per epoch (an integer) or a fraction of them.
-    ``early_stopping_patience`` stops after that many epochs without a better validation loss (null: off).
     The checkpoint kept is the epoch with the best validation loss.
     """
 
-    max_epochs: int = 20
-    batch_size: int = 64
-    seed: int = 0
-    gradient_clip_val: float | None = 1.0
-    limit_train_batches: float | int | None = None
-    early_stopping_patience: int | None = None
-    accelerator: str = "cpu"
-    devices: int = 1
+    SECTION: ClassVar[str] = "trainer"
 
-    @classmethod
-    def from_dict(cls, data: Any) -> TrainerSpec:
-        data = _mapping("trainer", data)
-        _reject_unknown("trainer", data, [f.name for f in fields(cls)])
-        limit = data.get("limit_train_batches")
-        if limit is not None:
-            limit = _split_size("trainer.limit_train_batches", limit, allow_zero=False)
-        return cls(
-            max_epochs=_integer("trainer.max_epochs", data.get("max_epochs", 20), minimum=1),
-            batch_size=_integer("trainer.batch_size", data.get("batch_size", 64), minimum=1),
-            seed=_integer("trainer.seed", data.get("seed", 0), minimum=0),
-            gradient_clip_val=_optional_number(
-                "trainer.gradient_clip_val", data.get("gradient_clip_val", 1.0), minimum=0.0, strict=True
-            ),
-            limit_train_batches=limit,
-            early_stopping_patience=_optional_integer(
-                "trainer.early_stopping_patience", data.get("early_stopping_patience"), minimum=1
-            ),
-            accelerator=_choice("trainer.accelerator", data.get("accelerator", "cpu"), ("cpu", "gpu", "cuda", "auto")),
-            devices=_integer("trainer.devices", data.get("devices", 1), minimum=1),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+    max_epochs: Count = Field(20, description="training epochs (`--max-epochs` overrides it)")
+    batch_size: Count = Field(64, description="windows per batch")
+    seed: int = Field(
+        0, ge=0, strict=True, description="weights, batch order, dropout (and the noise, unless noise.seed is set)"
+    )
+    gradient_clip_val: Annotated[float, Field(strict=True, gt=0, allow_inf_nan=False)] | None = Field(
+        1.0, description="gradient norm clipping; null: off"
+    )
+    limit_train_batches: BatchLimit | None = Field(
+        None, description="cap batches per epoch: an integer, or a fraction of them; null: all"
+    )
+    early_stopping_patience: Count | None = Field(
+        None, description="stop after this many epochs without a better val_loss; null: off"
+    )
+    accelerator: Literal["cpu", "gpu", "cuda", "auto"] = Field("cpu", description="Lightning accelerator")
+    devices: Count = Field(1, description="Lightning devices")
+    logger: Literal["csv", "tensorboard", "mlflow", "none"] = Field(
+        "csv",
+        description=(
+            "where losses and the noise configuration are logged: Lightning's CSVLogger (logs/ in the run "
+            "folder), TensorBoard or MLflow (when installed), or none"
+        ),
+    )
 
 
-@dataclass(frozen=True)
-class OutputSpec:
-    """Section ``output``: ``dir`` receives ``model.ckpt``, its sidecar ``model.nrnn.pt`` and ``run.yaml``."""
+class OutputSpec(Section):
+    """Section ``output``: the run folder (``model.ckpt``, ``model.nrnn.json``, ``run.yaml``, ``logs/``)."""
 
-    dir: str = "runs/nrnn"
+    SECTION: ClassVar[str] = "output"
 
-    @classmethod
-    def from_dict(cls, data: Any) -> OutputSpec:
-        data = _mapping("output", data)
-        _reject_unknown("output", data, [f.name for f in fields(cls)])
-        return cls(dir=_string("output.dir", data.get("dir", "runs/nrnn")))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"dir": self.dir}
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """A whole run file. ``noise`` is ``None`` for plain training."""
-
-    data: DataSpec
-    model: ModelSpec = field(default_factory=ModelSpec)
-    trainer: TrainerSpec = field(default_factory=TrainerSpec)
-    noise: NoiseConfig | None = None
-    output: OutputSpec = field(default_factory=OutputSpec)
-
-    SECTIONS = ("data", "model", "trainer", "noise", "output")
-
-    @classmethod
-    def from_dict(cls, data: Any) -> RunConfig:
-        if not isinstance(data, Mapping):
-            raise expected("run file", "a mapping with sections " + ", ".join(cls.SECTIONS), data, ConfigError)
-        _reject_unknown("", data, cls.SECTIONS)
-        if "data" not in data:
-            raise ConfigError("data: required section (path, time, target, ...), but missing")
-        return cls(
-            data=DataSpec.from_dict(data["data"]),
-            model=ModelSpec.from_dict(data.get("model")),
-            trainer=TrainerSpec.from_dict(data.get("trainer")),
-            noise=noise_from_dict(data.get("noise")),
-            output=OutputSpec.from_dict(data.get("output")),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "data": self.data.to_dict(),
-            "model": self.model.to_dict(),
-            "trainer": self.trainer.to_dict(),
-            "noise": None if self.noise is None else self.noise.to_dict(),
-            "output": self.output.to_dict(),
-        }
+    dir: Text = Field(
+        "runs/nrnn", description="the run folder; relative to the run file's folder; `--out` overrides it"
+    )
 
 
 def noise_from_dict(data: Any) -> NoiseConfig | None:
-    """The ``noise:`` section as a :class:`NoiseConfig`; ``None`` when it is absent or empty.
-
-    NoiseConfig's own messages (they name the field, the allowed values and the value received) are kept and
-    prefixed with ``noise:``.
-    """
+    """The ``noise:`` section as a :class:`NoiseConfig` (its own validation); ``None`` when absent or empty."""
     if data is None or data == {}:
         return None
+    if isinstance(data, NoiseConfig):
+        return data
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"noise: expected a mapping of NoiseConfig fields, got {data!r}")
     try:
-        return NoiseConfig.from_dict(_mapping("noise", data))
+        return NoiseConfig.from_dict(data)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"noise: {exc}") from None
 
 
-def load_run_config(path: str | os.PathLike[str]) -> RunConfig:
-    """Read and validate a run file (YAML, safe loading; ``1e-3`` is a number)."""
-    import yaml
+def _noise(value: Any) -> NoiseConfig | None:
+    try:
+        return noise_from_dict(value)
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
 
+
+class RunConfig(Section):
+    """A whole run file. ``noise`` is ``None`` for plain training."""
+
+    SECTIONS: ClassVar[tuple[str, ...]] = ("data", "model", "trainer", "noise", "output", "tune")
+
+    data: DataSpec = Field(description="the table and its columns (required)")
+    model: ModelSpec = Field(default_factory=ModelSpec, description="the model")
+    trainer: TrainerSpec = Field(default_factory=TrainerSpec, description="the training budget")
+    noise: Annotated[NoiseConfig | None, PlainValidator(_noise), WithJsonSchema(noise_json_schema())] = Field(
+        None, description="Noisy RNN training (nrnn_plugin.NoiseConfig); absent, {} or enabled: false: plain"
+    )
+    output: OutputSpec = Field(default_factory=OutputSpec, description="where the run goes")
+    tune: TuneSpec | None = Field(None, description="the `nrnn tune` study (ignored by `nrnn train`)")
+
+    @field_serializer("noise")
+    def _dump_noise(self, noise: NoiseConfig | None) -> dict[str, Any] | None:
+        return None if noise is None else noise.to_dict()
+
+    @model_validator(mode="after")
+    def _check_model_roles(self) -> RunConfig:
+        if self.model.name in AUTOREGRESSIVE and self.data.unknown_reals:
+            raise fail(
+                f"data.unknown_reals: {self.model.name} decodes autoregressively, so it can read only reals known "
+                f"for the forecast horizon (and the target); move {list(self.data.unknown_reals)} to "
+                "data.known_reals if they are known in advance, drop them, or use model.class: "
+                "TemporalFusionTransformer"
+            )
+        return self
+
+
+def _resolve(path: str | None, base: Path) -> str | None:
+    if path is None or Path(path).is_absolute():
+        return path
+    return str((base / path).resolve())
+
+
+def load_run_config(path: str | os.PathLike[str]) -> RunConfig:
+    """Read and validate a run file (the project's YAML dialect, :mod:`nrnn_plugin.yaml_io`: safe loading,
+    YAML 1.2 numbers and booleans, duplicate keys refused).
+
+    ``data.path`` and ``output.dir`` are resolved relative to the run file's folder.
+    """
     file = Path(path)
+    if file.is_dir():
+        raise InputError(
+            f"--config: {str(file)!r} is a folder; expected a run file (YAML), e.g. {str(file / 'run.yaml')!r}"
+        )
     if not file.is_file():
         folder = "" if file.parent.is_dir() else " (no such folder)"
         raise InputError(f"config file not found: {str(file)!r}{folder}")
     try:
-        data = yaml.load(file.read_text(), Loader=yaml_loader())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{file}: not valid YAML{where}: {problem}") from None
+        data = load_yaml(file.read_text(), str(file))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{file}: not a text file; expected a run file (YAML)") from None
+    except ValueError as exc:  # the dialect's message: file, line, column and the problem
+        raise ConfigError(str(exc)) from None
     if data is None:
         raise ConfigError(f"{file}: the file is empty; it needs at least a 'data' section")
-    return RunConfig.from_dict(data)
+    config = RunConfig.from_dict(data)
+    base = file.resolve().parent
+    data_spec = config.data.model_copy(update={"path": _resolve(config.data.path, base)})
+    output = config.output.model_copy(update={"dir": _resolve(config.output.dir, base)})
+    return config.model_copy(update={"data": data_spec, "output": output})

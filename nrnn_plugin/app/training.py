@@ -1,12 +1,14 @@
-"""``nrnn train``'s engine: the model from the run file, the fit, and the run's artifacts.
+"""``nrnn train``'s engine: the model from the run file, the fit, and the run folder.
 
-Artifacts of a training run (``output.dir``):
+The run folder (``output.dir``), written into a staging folder and moved into place only when complete
+(:class:`~nrnn_plugin.app.outputs.OutputFolder`):
 
 * ``model.ckpt``: the Lightning checkpoint of the epoch with the best validation loss. It holds no trace of the
   noise in its weights or hyper-parameters: ``RecurrentNetwork.load_from_checkpoint("model.ckpt")`` (the vanilla
   class) loads it and predicts noise-free.
-* ``model.nrnn.pt``: the sidecar read by ``nrnn robustness`` (:mod:`.runs`).
-* ``run.yaml``: the resolved configuration, for people.
+* ``model.nrnn.json``: the sidecar (plain JSON) read by ``nrnn robustness`` and ``nrnn predict`` (:mod:`.runs`).
+* ``run.yaml``: the resolved configuration (absolute paths), for people and for ``nrnn train --config``.
+* ``logs/``: the logger's files (``metrics.csv`` and ``hparams.yaml`` with the default CSV logger).
 
 Imports Lightning and pytorch-forecasting at module level: import this module lazily.
 """
@@ -14,25 +16,28 @@ Imports Lightning and pytorch-forecasting at module level: import this module la
 from __future__ import annotations
 
 import inspect
-import math
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import pytorch_forecasting
-import torch
 from pytorch_forecasting import TimeSeriesDataSet
 
+from nrnn_plugin import __version__
+from nrnn_plugin.app.callbacks import BestState, ProgressCallback
 from nrnn_plugin.app.data import PreparedData, Split
 from nrnn_plugin.app.datasets import Datasets, build_datasets, make_loader
 from nrnn_plugin.app.errors import ConfigError, first_line
+from nrnn_plugin.app.outputs import OutputFolder
 from nrnn_plugin.app.progress import NullReporter, Reporter
 from nrnn_plugin.app.run_config import ModelSpec, RunConfig, TrainerSpec
-from nrnn_plugin.app.runs import CHECKPOINT_NAME, SIDECAR_SUFFIX, write_sidecar
+from nrnn_plugin.app.runs import CHECKPOINT_NAME, SIDECAR_SUFFIX, sidecar_text
+from nrnn_plugin.app.tracking import make_logger, run_hyperparameters
 from nrnn_plugin.config import NoiseConfig
+from nrnn_plugin.yaml_io import dump_yaml
 
 __all__ = [
     "noise_label",
@@ -139,31 +144,6 @@ def build_model(spec: ModelSpec, training: TimeSeriesDataSet) -> pl.LightningMod
         ) from None
 
 
-class ProgressCallback(pl.Callback):
-    """One line per epoch through the reporter: losses, validation loss, noise level, time."""
-
-    def __init__(self, label: str, reporter: Reporter, max_epochs: int) -> None:
-        self.label = label
-        self.reporter = reporter
-        self.max_epochs = max_epochs
-        self._start = 0.0
-
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._start = time.perf_counter()
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        metrics = trainer.callback_metrics
-        parts = [f"{self.label}: epoch {trainer.current_epoch + 1:>{len(str(self.max_epochs))}}/{self.max_epochs}"]
-        shown = (("train_loss_epoch", "train_loss"), ("val_loss", "val_loss"), ("train_nrnn_reg_epoch", "reg"))
-        for key, label in shown:
-            if key in metrics:
-                parts.append(f"{label} {float(metrics[key]):.4f}")
-        if "train_nrnn_noise_level" in metrics and float(metrics["train_nrnn_noise_level"]) != 1.0:
-            parts.append(f"noise level {float(metrics['train_nrnn_noise_level']):.2f}")
-        parts.append(f"({time.perf_counter() - self._start:.1f}s)")
-        self.reporter.progress("  ".join(parts))
-
-
 @dataclass
 class TrainedModel:
     model: pl.LightningModule
@@ -182,12 +162,16 @@ def fit_model(
     out_dir: str | Path | None,
     label: str = "model",
     reporter: Reporter | None = None,
+    logger: Any = None,
+    callbacks: Sequence[pl.Callback] = (),
 ) -> TrainedModel:
     """Train ``model``, with :class:`~nrnn_plugin.integrations.lightning.NoisyRNNCallback` when ``noise`` injects.
 
     Weights, batch order and dropout are seeded with ``trainer_spec.seed`` before the model is built by the
     caller and again here; the noise streams come from ``noise.seed`` (or that seed). The best epoch by
-    validation loss is restored (and written to ``out_dir/model.ckpt`` when ``out_dir`` is given).
+    validation loss is restored (and written to ``out_dir/model.ckpt`` when ``out_dir`` is given). ``logger``
+    is a Lightning logger (``None``: no logging); ``callbacks`` are added to the trainer's (``nrnn tune``'s
+    pruning callback).
     """
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
@@ -195,9 +179,9 @@ def fit_model(
 
     reporter = reporter or NullReporter()
     pl.seed_everything(trainer_spec.seed, verbose=False)
-    callbacks: list[pl.Callback] = [ProgressCallback(label, reporter, trainer_spec.max_epochs)]
+    trainer_callbacks: list[pl.Callback] = [ProgressCallback(label, reporter, trainer_spec.max_epochs), *callbacks]
     if noise is not None and noise.has_noise:
-        callbacks.append(NoisyRNNCallback(noise))
+        trainer_callbacks.append(NoisyRNNCallback(noise))
     work_dir = Path(out_dir) if out_dir is not None else None
     checkpoint = ModelCheckpoint(
         dirpath=str(work_dir) if work_dir is not None else None,
@@ -209,27 +193,29 @@ def fit_model(
     )
     if work_dir is not None:
         work_dir.mkdir(parents=True, exist_ok=True)
-        callbacks.append(checkpoint)
+        trainer_callbacks.append(checkpoint)
     if trainer_spec.early_stopping_patience is not None:
-        callbacks.append(EarlyStopping(monitor="val_loss", mode="min", patience=trainer_spec.early_stopping_patience))
-    best_state = _BestState(model)
-    callbacks.append(best_state)
+        patience = trainer_spec.early_stopping_patience
+        trainer_callbacks.append(EarlyStopping(monitor="val_loss", mode="min", patience=patience))
+    best_state = BestState(model)
+    trainer_callbacks.append(best_state)
+    train_loader = make_loader(datasets.training, train=True, batch_size=trainer_spec.batch_size)
+    val_loader = make_loader(datasets.validation, train=False, batch_size=max(256, trainer_spec.batch_size))
     trainer = pl.Trainer(
         max_epochs=trainer_spec.max_epochs,
         accelerator=trainer_spec.accelerator,
         devices=trainer_spec.devices,
         gradient_clip_val=trainer_spec.gradient_clip_val,
         limit_train_batches=trainer_spec.limit_train_batches,
-        callbacks=callbacks,
-        logger=False,
+        callbacks=trainer_callbacks,
+        logger=logger if logger is not None else False,
+        log_every_n_steps=_log_interval(len(train_loader), trainer_spec.limit_train_batches),
         enable_progress_bar=False,
         enable_model_summary=False,
         enable_checkpointing=work_dir is not None,
         num_sanity_val_steps=0,
         default_root_dir=str(work_dir) if work_dir is not None else None,
     )
-    train_loader = make_loader(datasets.training, train=True, batch_size=trainer_spec.batch_size)
-    val_loader = make_loader(datasets.validation, train=False, batch_size=max(256, trainer_spec.batch_size))
     started = time.perf_counter()
     trainer.fit(model, train_dataloaders=train_loader, val_dataloaders=val_loader)
     seconds = time.perf_counter() - started
@@ -244,23 +230,13 @@ def fit_model(
     )
 
 
-class _BestState(pl.Callback):
-    """Keeps a copy of the weights of the epoch with the lowest validation loss (in memory; no file needed)."""
-
-    def __init__(self, model: pl.LightningModule) -> None:
-        self.model = model
-        self.best = math.inf
-        self.state: dict[str, torch.Tensor] | None = None
-
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        value = trainer.callback_metrics.get("val_loss")
-        if value is not None and float(value) < self.best:
-            self.best = float(value)
-            self.state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
-
-    def restore(self) -> None:
-        if self.state is not None:
-            self.model.load_state_dict(self.state)
+def _log_interval(batches: int, limit: float | int | None) -> int:
+    """Log every 50 steps, or once per epoch when an epoch has fewer batches (so short runs log at all)."""
+    if isinstance(limit, int):
+        batches = min(batches, limit)
+    elif isinstance(limit, float):
+        batches = max(1, int(batches * limit))
+    return max(1, min(50, batches))
 
 
 @dataclass
@@ -281,20 +257,21 @@ def run_training(
     split: Split,
     *,
     out_dir: str | None = None,
+    overwrite: bool = False,
     trainer_overrides: Mapping[str, Any] | None = None,
     reporter: Reporter | None = None,
 ) -> TrainingResult:
-    """``nrnn train``: build the data sets and the model, fit; write ``model.ckpt``, ``model.nrnn.pt``, ``run.yaml``.
+    """``nrnn train``: build the data sets and the model, fit, and write the run folder (all or nothing).
 
-    ``prepared`` and ``split`` come from :func:`nrnn_plugin.app.data.load_training_data`.
+    ``prepared`` and ``split`` come from :func:`nrnn_plugin.app.data.load_training_data`. ``out_dir``
+    overrides ``output.dir``; an existing non-empty folder is replaced only with ``overwrite``.
     """
-    import yaml
-
     reporter = reporter or NullReporter()
-    trainer_spec = replace(config.trainer, **dict(trainer_overrides or {}))
-    config = replace(config, trainer=trainer_spec)
+    trainer_spec = config.trainer.replace(**dict(trainer_overrides or {}))
+    config = config.replace(trainer=trainer_spec)
     if out_dir is not None:
-        config = replace(config, output=replace(config.output, dir=str(out_dir)))
+        config = config.replace(output=config.output.replace(dir=str(Path(out_dir).absolute())))
+    folder = OutputFolder(config.output.dir, overwrite=overwrite)
     data_spec = config.data
     source = Path(str(data_spec.path)).name
     for note in prepared.notes:
@@ -312,19 +289,24 @@ def run_training(
     pl.seed_everything(trainer_spec.seed, verbose=False)
     model = build_model(config.model, datasets.training)
     label = config.model.name + noise_label(config.noise)
-    out = Path(config.output.dir)
-    trained = fit_model(model, datasets, trainer_spec, config.noise, out_dir=out, label=label, reporter=reporter)
-    if trained.checkpoint is None:
-        raise RuntimeError("training finished without a checkpoint (no validation loss was logged)")
-    checkpoint = out / CHECKPOINT_NAME
-    if trained.checkpoint.resolve() != checkpoint.resolve():
-        trained.checkpoint.replace(checkpoint)
-    sidecar = checkpoint.with_suffix(SIDECAR_SUFFIX)
-    write_sidecar(
-        sidecar,
-        {
+    with folder as staging:
+        logger = make_logger(trainer_spec.logger, staging)
+        if logger is not None:
+            # the run's settings, as plain data; the model's own hyper-parameters (objects such as normalizers)
+            # stay in the checkpoint, and the noise never enters them
+            model._log_hyperparams = False
+            logger.log_hyperparams(run_hyperparameters(config))
+        trained = fit_model(
+            model, datasets, trainer_spec, config.noise, out_dir=staging, label=label, reporter=reporter, logger=logger
+        )
+        if trained.checkpoint is None:
+            raise RuntimeError("training finished without a checkpoint (no validation loss was logged)")
+        if trained.checkpoint.name != CHECKPOINT_NAME:
+            trained.checkpoint.replace(staging / CHECKPOINT_NAME)
+        sidecar = {
+            "nrnn_plugin": __version__,
             "model_class": config.model.name,
-            "dataset_parameters": datasets.training.get_parameters(),
+            "config": config.to_dict(),
             "data": data_spec.to_dict(),
             "time_axis": prepared.time_axis.to_dict(),
             "group_ids": list(prepared.group_ids),
@@ -332,14 +314,17 @@ def run_training(
             "noise": None if config.noise is None else config.noise.to_dict(),
             "best_val_loss": trained.best_val_loss,
             "epochs": trained.epochs,
-        },
-    )
-    (out / "run.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+            "seed": trainer_spec.seed,
+        }
+        (staging / CHECKPOINT_NAME).with_suffix(SIDECAR_SUFFIX).write_text(sidecar_text(sidecar))
+        (staging / "run.yaml").write_text(dump_yaml(config.to_dict()))  # read back by the same dialect
+    out = folder.target
+    checkpoint = out / CHECKPOINT_NAME
     return TrainingResult(
         config=config,
         out_dir=out,
         checkpoint=checkpoint,
-        sidecar=sidecar,
+        sidecar=checkpoint.with_suffix(SIDECAR_SUFFIX),
         trained=trained,
         split=datasets.split,
         windows=windows,
@@ -358,9 +343,11 @@ def format_training_summary(result: TrainingResult) -> str:
         "windows      " + ", ".join(f"{k} {v}" for k, v in result.windows.items()),
         f"checkpoint   {result.checkpoint}  (loads with {result.config.model.name}.load_from_checkpoint)",
         f"sidecar      {result.sidecar}",
-        f"next         nrnn robustness --checkpoint {result.checkpoint} --data {result.config.data.path}",
+        f"logs         {result.out_dir / 'logs'}" if result.config.trainer.logger != "none" else "",
+        f"next         nrnn predict --run {result.out_dir} --data {result.config.data.path}",
+        f"             nrnn robustness --checkpoint {result.checkpoint} --data {result.config.data.path}",
     ]
-    return "\n".join(lines)
+    return "\n".join(line for line in lines if line)
 
 
 def _noise_text(noise: NoiseConfig) -> str:

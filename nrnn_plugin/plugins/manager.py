@@ -55,6 +55,7 @@ DEFAULT_PLUGINS: dict[str, str] = {
     "torch": "nrnn_plugin.adapters.torch_adapter",
     "nrnn": "nrnn_plugin.adapters.nrnn_adapter",
     "forecasting": "nrnn_plugin.adapters.forecasting",
+    "frameworks": "nrnn_plugin.adapters.frameworks",
 }
 
 

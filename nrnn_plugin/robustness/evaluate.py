@@ -16,7 +16,7 @@ on which other models or strengths were evaluated. Data must come in a fixed ord
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -100,9 +100,9 @@ def _to_device(value: Any, device: torch.device) -> Any:
     return value
 
 
-def _make_task(task: str, data: Any, batch_size: int) -> Task:
-    if not isinstance(task, str):
-        raise TypeError(f"evaluate: task must be a task name (str), got {type(task).__name__}")
+def _make_task(task: str | Callable[[list[tuple[Any, Any]]], Task], data: Any, batch_size: int) -> Task:
+    if not isinstance(task, str) and not callable(task):
+        raise TypeError(f"evaluate: task must be a task name (str) or a Task factory, got {type(task).__name__}")
     if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(d, Tensor) for d in data):
         X, y = data
         if X.dim() != 3 or y.dim() != 1 or X.shape[0] != y.shape[0]:
@@ -116,6 +116,11 @@ def _make_task(task: str, data: Any, batch_size: int) -> Task:
             raise ValueError("evaluate: data has no batches")
     else:
         raise TypeError(f"evaluate: data must be (X, y) tensors or an iterable of batches, got {type(data).__name__}")
+    if not isinstance(task, str):
+        made = task(batches)
+        if not isinstance(made, Task):
+            raise TypeError(f"evaluate: the task factory returned {type(made).__name__}, expected a Task")
+        return made
     if task != "classification":
         answer, plugin = first_result("nrnn_robustness_task", batches=batches, task=task)
         if answer is not None:
@@ -219,7 +224,7 @@ def evaluate(
     models: Mapping[str, nn.Module] | nn.Module,
     data: Any,
     *,
-    task: str = "auto",
+    task: str | Callable[[list[tuple[Any, Any]]], Task] = "auto",
     perturbations: Mapping[str, Sequence[float]] | Sequence[str] | None = None,
     seeds: int | Sequence[int] = 0,
     batch_size: int = 256,
@@ -233,7 +238,8 @@ def evaluate(
         data: classification: ``(X [N, T, F], y [N])`` tensors or an iterable of ``(x, y)`` batches;
             forecasting: a pytorch-forecasting data loader (``dataset.to_dataloader(train=False)``).
         task: ``"auto"`` (a plugin's task where one knows the batches, else classification),
-            ``"classification"``, or a task a plugin provides (``"forecasting"``).
+            ``"classification"``, a task a plugin provides (``"forecasting"``), or a factory
+            ``batches -> Task`` (a :class:`Task` subclass, e.g. with extra metrics).
         perturbations: ``{name: strengths}`` or a list of names (default grids
             :data:`~nrnn_plugin.robustness.perturbations.DEFAULT_STRENGTHS`); names from
             :data:`~nrnn_plugin.robustness.perturbations.PERTURBATIONS`. Strength 0 is the clean input.

@@ -87,7 +87,7 @@ def plot_robustness(
 
     ncols = max(1, min(ncols, len(perturbations)))
     nrows = -(-len(perturbations) // ncols)
-    fig = Figure(figsize=(4.0 * ncols, 3.2 * nrows), dpi=dpi)
+    fig = Figure(figsize=(4.4 * ncols, 3.6 * nrows + 0.9), dpi=dpi)
     FigureCanvasAgg(fig)
     axes = fig.subplots(nrows, ncols, squeeze=False)
     colors = [f"C{i % 10}" for i in range(len(models))]
@@ -109,11 +109,12 @@ def plot_robustness(
     for k in range(len(perturbations), nrows * ncols):
         axes[k // ncols][k % ncols].set_visible(False)
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize="small", frameon=False)
+    per_row = 3 if max((len(label) for label in labels), default=0) > 24 else 5
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), per_row), fontsize="large", frameon=False)
     if title:
         fig.suptitle(title)
-    legend_rows = -(-len(labels) // 5)
-    fig.tight_layout(rect=(0, 0.05 * legend_rows + 0.02, 1, 0.95 if title else 1))
+    legend_rows = -(-len(labels) // per_row)
+    fig.tight_layout(rect=(0, (0.07 * legend_rows + 0.02) / max(1.0, 0.5 * nrows), 1, 0.93 if title else 1))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png")
