@@ -32,3 +32,6 @@ fi
 # Build the compiled CPU kernels now (cached per machine and torch build), so the first training step is not slowed;
 # without a C++ compiler this prints one line and the library runs its Python kernels.
 .venv/bin/python -m nrnn_plugin.compiled || true
+if [ -x .venv-gluonts/bin/python ]; then
+    .venv-gluonts/bin/python -m nrnn_plugin.compiled || true
+fi

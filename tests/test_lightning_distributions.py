@@ -249,4 +249,6 @@ def test_regularizer_passes_see_the_steps_random_windows(tmp_path):
     )
     assert regularized.subsets[0::3] == plain.subsets  # each regularized step: the step, then two probe passes
     assert regularized.subsets[1::3] == plain.subsets and regularized.subsets[2::3] == plain.subsets
-    assert len(recorder.reg) == 2 and all(abs(value) < 1e-9 for value in recorder.reg), recorder.reg
+    # ~0: float32 rounding only (the clean loss runs PyTorch's fused kernel, the probes the noisy kernels); passes
+    # on other windows would differ by the loss's spread over windows, orders of magnitude more
+    assert len(recorder.reg) == 2 and all(abs(value) < 1e-5 for value in recorder.reg), recorder.reg
