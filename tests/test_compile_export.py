@@ -20,6 +20,7 @@ import pytest
 import torch
 from nrnn_testing import compiled_backward, compiled_or_skip
 from torch import nn
+from torch._dynamo.utils import counters
 
 import nrnn_plugin as nrnn
 from nrnn_plugin.compiled.kernels import compiled_kernel
@@ -65,18 +66,23 @@ CASES = {  # kind: (module, noise, kernel choice)
 }
 
 
+@pytest.mark.parametrize("allow_rnn", [False, True], ids=["default", "allow_rnn"])
 @pytest.mark.parametrize("kind", list(CASES))
-def test_torch_compile_trains_with_live_noise_and_the_eager_gradients(kind):
+def test_torch_compile_trains_with_live_noise_and_the_eager_gradients(kind, allow_rnn):
+    """By default Dynamo runs a frame that calls a recurrent module eagerly (as for a plain nn.LSTM); with
+    ``allow_rnn`` it compiles the model around the noisy layer, which still runs eagerly."""
     make, noise, kernel = CASES[kind]
     if kernel == "compiled":
         compiled_or_skip()
+    torch._dynamo.reset()
+    counters.clear()
     torch.manual_seed(0)
     base = nrnn.register_noise(Model(make(), cell=kind.endswith("cell")), NoiseConfig(**noise))
     eager, compiled = copy.deepcopy(base), copy.deepcopy(base)
     step = torch.compile(compiled)  # the default backend (inductor)
     x = torch.randn(6, 2, 3)
     losses = []
-    with use_kernel(kernel):
+    with use_kernel(kernel), torch._dynamo.config.patch(allow_rnn=allow_rnn):
         for _ in range(2):
             expected, got = eager(x), step(x)
             expected.backward()
@@ -89,6 +95,8 @@ def test_torch_compile_trains_with_live_noise_and_the_eager_gradients(kind):
         with noise_control(compiled, inject=False):
             clean = step(x).item()
     assert losses[0] != losses[1] and clean not in losses  # noise is live and the stream advances
+    if allow_rnn:  # the model around the noisy layer was compiled
+        assert counters["stats"]["unique_graphs"] >= 1
 
 
 _GEN = torch.Generator().manual_seed(0)
