@@ -93,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{elapsed:.0f} s\n"
     )
     table = benchmarking.format_markdown(rows)
+    if any(row["train"] for row in rows):
+        table += "\nTraining memory (saved for backward by one training forward):\n\n"
+        table += benchmarking.format_memory_markdown(rows)
     print(title)
     print(table)
     if args.markdown:

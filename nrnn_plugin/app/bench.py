@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from nrnn_plugin.app import benchmarking
 from nrnn_plugin.app.benchmarking import LayerSize, time_pair
+from nrnn_plugin.compiled import build as compiled_build
 from nrnn_plugin.config import NoiseConfig
 from nrnn_plugin.regularizer import training_step
 from nrnn_plugin.swap import register_noise
@@ -200,6 +201,9 @@ def run_bench(
             "(median over paired rounds; eval_registered: eval forward with noise registered):",
             "",
             benchmarking.format_markdown(layer_rows),
+            "Training memory: what one training forward keeps for backward, noisy / plain module of the same mode:",
+            "",
+            benchmarking.format_memory_markdown(layer_rows),
             "Training step with the explicit regularizer (mode='regularizer') / a plain step:",
             "",
             format_regularizer_table(regularizer_rows),
@@ -291,6 +295,8 @@ def regularizer_benchmark(
                 result = time_pair(plain, regularized, device=device, **timing)
                 if estimator in ("jet", "exact"):
                     kernel = "reference"
+                elif torch.device(device).type == "cpu" and compiled_build.loaded():
+                    kernel = "compiled"
                 elif cell == "LSTM" and multiplicative == 0.0:
                     kernel = "fused"
                 else:

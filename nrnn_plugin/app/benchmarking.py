@@ -1,14 +1,18 @@
 """Speed of noisy recurrent layers relative to PyTorch's fused modules (reusable timing code, no output).
 
 The yardstick is the plain fused module (``nn.LSTM``, ``nn.GRU``, ``nn.RNN``: oneDNN on CPU, cuDNN on GPU)
-with the same weights. A *training step* is forward + backward of ``mean(out ** 2)`` with the input not
-requiring grad (the common first-layer case); the *eval* case is a forward pass under ``torch.no_grad`` of a
+with the same weights, or, for the cases with a ``baseline`` mode, a fused module of that mode and the same sizes
+(PyTorch's CPU ``nn.GRU`` and ``nn.RNN`` have no oneDNN path, so a noisy GRU is also timed against a fused LSTM).
+A *training step* is forward + backward of ``mean(out ** 2)`` with the input not requiring grad (the common
+first-layer case); the *eval* case is a forward pass under ``torch.no_grad`` of a
 module in eval mode with noise registered (it must cost what the fused module costs).
 
 Timing is paired and interleaved in one process: for every round the fused and the noisy module each run
 ``inner`` steps back to back (the order alternates between rounds), and the reported ratio is the median of
 the per-round ratios. Shared or loaded machines make absolute times noisy; paired ratios are far more
-stable. CPU tip for users (not set by the library): glibc's allocator returns large buffers to the OS after
+stable. Training memory is counted exactly, not timed: the bytes of the distinct storages one training forward
+keeps for backward (:func:`saved_bytes`; parameters and the input excluded), noisy against the plain module of
+the same mode. CPU tip for users (not set by the library): glibc's allocator returns large buffers to the OS after
 every step; ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` (e.g. both ``=10000000000``) keep them
 and speed up large shapes for fused and noisy modules alike.
 
@@ -44,6 +48,8 @@ __all__ = [
     "time_pair",
     "run_layer_benchmark",
     "format_markdown",
+    "format_memory_markdown",
+    "saved_bytes",
     "write_csv",
     "read_csv",
 ]
@@ -61,6 +67,7 @@ class LayerCase:
         noise: keyword arguments of :class:`NoiseConfig`.
         train: time a training step (``True``) or an eval-mode forward with noise registered (``False``).
         description: one line for tables.
+        baseline: the mode of the fused module timed against (default: ``mode``).
     """
 
     name: str
@@ -68,10 +75,18 @@ class LayerCase:
     noise: dict[str, Any] = field(default_factory=dict)
     train: bool = True
     description: str = ""
+    baseline: str = ""
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"LayerCase.mode: expected one of {MODES}, got {self.mode!r}")
+        if self.baseline and self.baseline not in MODES:
+            raise ValueError(f"LayerCase.baseline: expected '' or one of {MODES}, got {self.baseline!r}")
+
+    @property
+    def baseline_mode(self) -> str:
+        """The mode of the fused module this case is timed against."""
+        return self.baseline or self.mode
 
     def config(self) -> NoiseConfig:
         return NoiseConfig(**self.noise)
@@ -108,10 +123,24 @@ CASES: dict[str, LayerCase] = {
             description="GRU, additive + multiplicative",
         ),
         LayerCase(
+            "gru_add_mult_vs_lstm",
+            "GRU",
+            {"additive": 0.05, "multiplicative": 0.02},
+            description="GRU, additive + multiplicative, against a fused LSTM",
+            baseline="LSTM",
+        ),
+        LayerCase(
             "rnn_tanh_add_mult",
             "RNN_TANH",
             {"additive": 0.05, "multiplicative": 0.02},
             description="RNN (tanh), additive + multiplicative",
+        ),
+        LayerCase(
+            "rnn_tanh_add_mult_vs_lstm",
+            "RNN_TANH",
+            {"additive": 0.05, "multiplicative": 0.02},
+            description="RNN (tanh), additive + multiplicative, against a fused LSTM",
+            baseline="LSTM",
         ),
         LayerCase(
             "eval_registered",
@@ -252,6 +281,26 @@ def _training_step(module: nn.Module, x: torch.Tensor) -> Callable[[], None]:
     return step
 
 
+def saved_bytes(module: nn.Module, x: torch.Tensor) -> int:
+    """Bytes a training forward of ``module`` on ``x`` (``[T, B, I]``) keeps for backward: the distinct storages of
+    every tensor autograd saves (``torch.autograd.graph.saved_tensors_hooks``), the module's parameters and ``x``
+    itself excluded (they exist anyway). Deterministic: the training-memory measure of the benchmarks."""
+    existing = {p.untyped_storage().data_ptr() for p in module.parameters()} | {x.untyped_storage().data_ptr()}
+    storages: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in existing:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    module.train()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        out, _ = module(x)
+        out.float().square().mean()
+    return sum(storages.values())
+
+
 def _eval_step(module: nn.Module, x: torch.Tensor) -> Callable[[], None]:
     def step() -> None:
         with torch.no_grad():
@@ -275,18 +324,29 @@ def benchmark_case(
     generator = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        base = make_module(case.mode, size)
+        plain = make_module(case.mode, size).to(device=device, dtype=dtype)
+        torch.manual_seed(seed)
+        base = plain if case.baseline_mode == case.mode else make_module(case.baseline_mode, size)
     base = base.to(device=device, dtype=dtype)
-    noisy = register_noise(copy.deepcopy(base), case.config().replace(seed=seed))
+    noisy = register_noise(copy.deepcopy(plain), case.config().replace(seed=seed))
+    x = torch.randn(size.steps, size.batch, size.input_size, generator=generator).to(device=device, dtype=dtype)
+    memory: dict[str, Any] = {"plain_saved_mib": None, "noisy_saved_mib": None, "memory_ratio": None}
+    if case.train:
+        plain_bytes, noisy_bytes = saved_bytes(plain, x), saved_bytes(noisy, x)
+        memory = {
+            "plain_saved_mib": round(plain_bytes / 2**20, 3),
+            "noisy_saved_mib": round(noisy_bytes / 2**20, 3),
+            "memory_ratio": round(noisy_bytes / max(plain_bytes, 1), 3),
+        }
     base.train(case.train)
     noisy.train(case.train)
-    x = torch.randn(size.steps, size.batch, size.input_size, generator=generator).to(device=device, dtype=dtype)
     make_step = _training_step if case.train else _eval_step
     result = time_pair(make_step(base, x), make_step(noisy, x), device=device, **timing)
     return {
         "clock": timing.get("clock", "wall"),
         "case": case.name,
         "mode": case.mode,
+        "baseline": case.baseline_mode,
         "train": case.train,
         **asdict(size),
         "device": str(device),
@@ -299,6 +359,7 @@ def benchmark_case(
         "ratio_max": round(result.ratio_max, 3),
         "rounds": result.rounds,
         "inner": result.inner,
+        **memory,
     }
 
 
@@ -324,9 +385,11 @@ def run_layer_benchmark(
         timing: forwarded to :func:`time_pair` (``min_rounds``, ``max_rounds``, ``budget_s``, ...).
 
     Returns:
-        One dict per (size, case): ``clock, case, mode, train, batch, steps, hidden, input_size, layers, device,
-        dtype, threads, base_ms, noisy_ms, ratio, ratio_min, ratio_max, rounds, inner``; ``ratio`` is the
-        median over rounds of noisy / fused step time.
+        One dict per (size, case): ``clock, case, mode, baseline, train, batch, steps, hidden, input_size, layers,
+        device, dtype, threads, base_ms, noisy_ms, ratio, ratio_min, ratio_max, rounds, inner, plain_saved_mib,
+        noisy_saved_mib, memory_ratio``; ``ratio`` is the median over rounds of noisy / fused step time (the fused
+        module of mode ``baseline``); the memory columns (training cases only, else None) compare what one
+        training forward saves for backward, noisy against the plain module of the same mode.
     """
     names = list(CASES) if cases is None else list(cases)
     unknown = [n for n in names if n not in CASES]
@@ -348,13 +411,13 @@ def run_layer_benchmark(
 def format_markdown(rows: Sequence[dict[str, Any]]) -> str:
     """A Markdown table: one line per size, the fused step time per mode and the ratio per case."""
     cases = list(dict.fromkeys(row["case"] for row in rows))
-    modes = list(dict.fromkeys(row["mode"] for row in rows if row["train"]))
+    modes = list(dict.fromkeys(row.get("baseline", row["mode"]) for row in rows if row["train"]))
     sizes = list(dict.fromkeys(_size_key(row) for row in rows))
     ratio = {(_size_key(row), row["case"]): row["ratio"] for row in rows}
     base: dict[tuple[tuple[int, ...], str], float] = {}
     for row in rows:  # the fused time of the first training case of each mode
         if row["train"]:
-            base.setdefault((_size_key(row), row["mode"]), row["base_ms"])
+            base.setdefault((_size_key(row), row.get("baseline", row["mode"])), row["base_ms"])
     header = ["B", "T", "H", "I", "layers"] + [f"fused {_mode_label(m)} ms" for m in modes] + cases
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for size in sizes:
@@ -362,6 +425,19 @@ def format_markdown(rows: Sequence[dict[str, Any]]) -> str:
         cells += [f"{base[(size, m)]:.1f}" if (size, m) in base else "" for m in modes]
         cells += [f"{ratio[(size, c)]:.2f}x" if (size, c) in ratio else "" for c in cases]
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def format_memory_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """A Markdown table of training memory: one line per size and training case, the MiB saved for backward by
+    the plain and the noisy module and their ratio."""
+    header = ["B", "T", "H", "I", "layers", "case", "plain MiB", "noisy MiB", "ratio"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        if row["train"] and row.get("memory_ratio") is not None and row.get("baseline", row["mode"]) == row["mode"]:
+            cells = [str(v) for v in _size_key(row)] + [row["case"]]
+            cells += [f"{row['plain_saved_mib']:.2f}", f"{row['noisy_saved_mib']:.2f}", f"{row['memory_ratio']:.2f}x"]
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
