@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 
 import pytest
+import torch
 
 from nrnn_plugin.app import benchmarking
 from nrnn_plugin.app.benchmarking import CASES, FULL_GRID, QUICK_GRID, LayerSize
@@ -59,3 +60,26 @@ def test_errors():
         benchmarking.time_pair(lambda: None, lambda: None, min_rounds=0)
     with pytest.raises(ValueError, match="clock"):
         benchmarking.time_pair(lambda: None, lambda: None, clock="sundial")
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN_TANH"])
+def test_the_compiled_kernels_keep_no_noise_for_backward(mode):
+    """Training memory, counted exactly: with the noise generated inside the compiled kernels (and regenerated in
+    backward) a noisy layer saves at most 1.1x what the plain module saves; the Python kernels, which keep the
+    drawn noise, save more (so the measure can tell the difference)."""
+    from nrnn_testing import compiled_or_skip
+
+    from nrnn_plugin.layers import use_kernel
+    from nrnn_plugin.swap import register_noise
+
+    compiled_or_skip()
+    size = LayerSize(batch=16, steps=24, hidden=32, input_size=4, layers=2)
+    x = torch.randn(size.steps, size.batch, size.input_size)
+    plain = benchmarking.saved_bytes(benchmarking.make_module(mode, size), x)
+    noisy = register_noise(benchmarking.make_module(mode, size), additive=0.1, multiplicative=0.1)
+    with use_kernel("compiled"):
+        compiled = benchmarking.saved_bytes(noisy, x)
+    with use_kernel("function"):
+        python = benchmarking.saved_bytes(noisy, x)
+    assert compiled <= 1.1 * plain
+    assert python > compiled + 2 * size.steps * size.batch * size.hidden * 4  # at least the two noise planes

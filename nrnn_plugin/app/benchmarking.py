@@ -459,6 +459,7 @@ def write_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
 
 
 def read_csv(path: str | Path) -> list[dict[str, Any]]:
-    """Result rows written by :func:`write_csv` (numbers and booleans come back typed)."""
-    records: list[dict[str, Any]] = pd.read_csv(path).to_dict("records")
+    """Result rows written by :func:`write_csv` (numbers and booleans come back typed, empty cells as None)."""
+    frame = pd.read_csv(path)
+    records: list[dict[str, Any]] = frame.astype(object).where(frame.notna(), None).to_dict("records")
     return records
