@@ -44,8 +44,9 @@ SCHEDULE_KINDS = ("constant", "linear", "cosine")
 SCHEDULE_INTERVALS = ("step", "epoch")
 
 _ENV_PREFIX = "NRNN_"
-# Variables with these prefixes configure other parts of the library, not the noise.
-_ENV_RESERVED_PREFIXES = ("NRNN_PLUGIN_",)
+# Variables with these prefixes configure other parts of the library, not the noise (the plugin loader; the
+# compiled kernels: NRNN_KERNELS, NRNN_KERNELS_ISA, NRNN_KERNELS_CACHE).
+_ENV_RESERVED_PREFIXES = ("NRNN_PLUGIN_", "NRNN_KERNELS")
 # Variables of the command line, not of the noise.
 _ENV_RESERVED = ("NRNN_DEBUG",)
 _TRUE = {"1", "true", "yes", "on"}
@@ -251,8 +252,8 @@ class NoiseConfig:
 
         ``NRNN_CONFIG`` names a YAML file read first; individual variables override it and ``base``.
         Nested schedule fields use ``NRNN_SCHEDULE_<FIELD>``. Lists (``include``, ``exclude``) are
-        comma-separated. ``NRNN_PLUGIN_*`` variables belong to the plugin loader and ``NRNN_DEBUG`` to the
-        command line: both are ignored here; any other unknown ``NRNN_*`` variable is an error, so a typo cannot
+        comma-separated. ``NRNN_PLUGIN_*`` variables belong to the plugin loader, ``NRNN_KERNELS*`` to the
+        compiled kernels and ``NRNN_DEBUG`` to the command line: they are ignored here; any other unknown ``NRNN_*`` variable is an error, so a typo cannot
         silently leave noise off. Values must be strings (``TypeError`` names the variable otherwise).
         """
         env = dict(os.environ if environ is None else environ)

@@ -334,6 +334,10 @@ def test_from_env_rejects_non_string_values_and_ignores_the_cli_switches():
         NoiseConfig.from_env({"NRNN_ADDITIVE": 0.1})
     cfg = NoiseConfig.from_env({"NRNN_DEBUG": "1", "NRNN_PLUGIN_DISABLE_AUTOLOAD": "1", "NRNN_ADDITIVE": "0.2"})
     assert cfg.additive == 0.2
+    kernels = {"NRNN_KERNELS": "python", "NRNN_KERNELS_ISA": "native", "NRNN_KERNELS_CACHE": "/tmp/k"}
+    assert NoiseConfig.from_env({**kernels, "NRNN_ADDITIVE": "0.2"}) == cfg  # the compiled kernels' switches
+    with pytest.raises(ValueError, match="unknown variable NRNN_KERNEL;"):
+        NoiseConfig.from_env({"NRNN_KERNEL": "python"})  # a typo is still an error
 
 
 # ---------------------------------------------------------------------------------------------- properties
