@@ -253,8 +253,9 @@ class NoiseConfig:
         ``NRNN_CONFIG`` names a YAML file read first; individual variables override it and ``base``.
         Nested schedule fields use ``NRNN_SCHEDULE_<FIELD>``. Lists (``include``, ``exclude``) are
         comma-separated. ``NRNN_PLUGIN_*`` variables belong to the plugin loader, ``NRNN_KERNELS*`` to the
-        compiled kernels and ``NRNN_DEBUG`` to the command line: they are ignored here; any other unknown ``NRNN_*`` variable is an error, so a typo cannot
-        silently leave noise off. Values must be strings (``TypeError`` names the variable otherwise).
+        compiled kernels and ``NRNN_DEBUG`` to the command line: they are ignored here; any other unknown
+        ``NRNN_*`` variable is an error, so a typo cannot silently leave noise off. Values must be strings
+        (``TypeError`` names the variable otherwise).
         """
         env = dict(os.environ if environ is None else environ)
         for var, raw in env.items():

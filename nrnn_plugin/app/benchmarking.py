@@ -4,19 +4,11 @@ The yardstick is the plain fused module (``nn.LSTM``, ``nn.GRU``, ``nn.RNN``: on
 with the same weights, or, for the cases with a ``baseline`` mode, a fused module of that mode and the same sizes
 (PyTorch's CPU ``nn.GRU`` and ``nn.RNN`` have no oneDNN path, so a noisy GRU is also timed against a fused LSTM).
 A *training step* is forward + backward of ``mean(out ** 2)`` with the input not requiring grad (the common
-first-layer case); the *eval* case is a forward pass under ``torch.no_grad`` of a
-module in eval mode with noise registered (it must cost what the fused module costs).
+first-layer case); the *eval* case is a forward pass under ``torch.no_grad`` of a module in eval mode with noise
+registered (it must cost what the fused module costs).
 
-Timing is paired and interleaved in one process: for every round the fused and the noisy module each run
-``inner`` steps back to back (the order alternates between rounds), and the reported ratio is the median of
-the per-round ratios. Shared or loaded machines make absolute times noisy; paired ratios are far more
-stable. Training memory is counted exactly, not timed: the bytes of the distinct storages one training forward
-keeps for backward (:func:`saved_bytes`; parameters and the input excluded), noisy against the plain module of
-the same mode. CPU tip for users (not set by the library): glibc's allocator returns large buffers to the OS after
-every step; ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` (e.g. both ``=10000000000``) keep them
-and speed up large shapes for fused and noisy modules alike.
-
-Used by ``benchmarks/bench_layers.py`` and the CLI.
+Timing is paired and interleaved (:func:`time_pair`: the median of per-round ratios); memory is counted exactly
+(:func:`saved_bytes`). Tables and files: :mod:`nrnn_plugin.app.benchmark_tables`. Used by ``benchmarks/`` and the CLI.
 """
 
 from __future__ import annotations
@@ -27,13 +19,12 @@ import statistics
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import torch
 from torch import nn
 
+from nrnn_plugin.app.benchmark_tables import format_markdown, format_memory_markdown, read_csv, write_csv
 from nrnn_plugin.config import NoiseConfig
 from nrnn_plugin.swap import register_noise
 
@@ -406,60 +397,3 @@ def run_layer_benchmark(
             if on_result is not None:
                 on_result(row)
     return rows
-
-
-def format_markdown(rows: Sequence[dict[str, Any]]) -> str:
-    """A Markdown table: one line per size, the fused step time per mode and the ratio per case."""
-    cases = list(dict.fromkeys(row["case"] for row in rows))
-    modes = list(dict.fromkeys(row.get("baseline", row["mode"]) for row in rows if row["train"]))
-    sizes = list(dict.fromkeys(_size_key(row) for row in rows))
-    ratio = {(_size_key(row), row["case"]): row["ratio"] for row in rows}
-    base: dict[tuple[tuple[int, ...], str], float] = {}
-    for row in rows:  # the fused time of the first training case of each mode
-        if row["train"]:
-            base.setdefault((_size_key(row), row.get("baseline", row["mode"])), row["base_ms"])
-    header = ["B", "T", "H", "I", "layers"] + [f"fused {_mode_label(m)} ms" for m in modes] + cases
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for size in sizes:
-        cells = [str(v) for v in size]
-        cells += [f"{base[(size, m)]:.1f}" if (size, m) in base else "" for m in modes]
-        cells += [f"{ratio[(size, c)]:.2f}x" if (size, c) in ratio else "" for c in cases]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def format_memory_markdown(rows: Sequence[dict[str, Any]]) -> str:
-    """A Markdown table of training memory: one line per size and training case, the MiB saved for backward by
-    the plain and the noisy module and their ratio."""
-    header = ["B", "T", "H", "I", "layers", "case", "plain MiB", "noisy MiB", "ratio"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in rows:
-        if row["train"] and row.get("memory_ratio") is not None and row.get("baseline", row["mode"]) == row["mode"]:
-            cells = [str(v) for v in _size_key(row)] + [row["case"]]
-            cells += [f"{row['plain_saved_mib']:.2f}", f"{row['noisy_saved_mib']:.2f}", f"{row['memory_ratio']:.2f}x"]
-            lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def _size_key(row: dict[str, Any]) -> tuple[int, ...]:
-    return (row["batch"], row["steps"], row["hidden"], row["input_size"], row["layers"])
-
-
-def _mode_label(mode: str) -> str:
-    return {"LSTM": "LSTM", "GRU": "GRU", "RNN_TANH": "RNN", "RNN_RELU": "RNN-relu"}[mode]
-
-
-def write_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
-    """Write result rows to ``path`` as CSV (columns of the first row)."""
-    if not rows:
-        raise ValueError("write_csv: no rows to write")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(list(rows)).to_csv(path, index=False)
-
-
-def read_csv(path: str | Path) -> list[dict[str, Any]]:
-    """Result rows written by :func:`write_csv` (numbers and booleans come back typed, empty cells as None)."""
-    frame = pd.read_csv(path)
-    records: list[dict[str, Any]] = frame.astype(object).where(frame.notna(), None).to_dict("records")
-    return records
