@@ -98,6 +98,32 @@ def test_tensorboard_logs_the_losses_sigmas_and_the_noise_configuration(tmp_path
     assert "additive: 0.1" in (tmp_path / "run" / "logs" / "hparams.yaml").read_text()
 
 
+def test_mlflow_logs_the_losses_sigmas_and_the_noise_configuration(tmp_path, monkeypatch):
+    mlflow = pytest.importorskip("mlflow")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    frame = sm.datasets.sunspots.load_pandas().data.astype({"YEAR": int})
+    frame.to_csv(tmp_path / "spots.csv", index=False)
+    config = RunConfig.from_dict(
+        {
+            "data": {"path": str(tmp_path / "spots.csv"), "time": "YEAR", "target": "SUNACTIVITY",
+                     "max_encoder_length": 12, "max_prediction_length": 4, "validation": 30, "test": 30},
+            "model": {"hidden_size": 8},
+            "trainer": {"max_epochs": 2, "limit_train_batches": 2, "logger": "mlflow"},
+            "noise": {"additive": 0.1, "multiplicative": 0.02},
+            "output": {"dir": str(tmp_path / "run")},
+        }
+    )  # fmt: skip
+    config, prepared, split = load_training_data(config)
+    training.run_training(config, prepared, split)
+    store = tmp_path / "run" / "logs" / "mlflow.db"  # the default: an SQLite database inside the run folder
+    client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{store}")
+    (run,) = client.search_runs([client.get_experiment_by_name("nrnn").experiment_id])
+    assert {"train_nrnn_sigma_additive", "train_nrnn_sigma_multiplicative", "val_loss"} <= set(run.data.metrics)
+    history = client.get_metric_history(run.info.run_id, "train_nrnn_sigma_multiplicative")
+    assert [m.value for m in history] == pytest.approx([0.02, 0.02])
+    assert any(key.endswith("additive") and value == "0.1" for key, value in run.data.params.items())
+
+
 def test_mase_is_undefined_for_a_series_without_a_scale():
     from nrnn_plugin.app.report import _without_undefined_mase
     from nrnn_plugin.app.scoring import series_scales

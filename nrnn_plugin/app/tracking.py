@@ -36,8 +36,8 @@ def check_logger(kind: str) -> None:
 
 
 def make_logger(kind: str, run_folder: Path) -> Logger | None:
-    """The logger of ``trainer.logger`` writing under ``run_folder/logs`` (MLflow: ``MLFLOW_TRACKING_URI`` or a
-    file store there); ``None`` for ``"none"``."""
+    """The logger of ``trainer.logger`` writing under ``run_folder/logs`` (MLflow: ``MLFLOW_TRACKING_URI`` or an
+    SQLite database ``mlflow.db`` there); ``None`` for ``"none"``."""
     check_logger(kind)
     folder = run_folder / LOG_FOLDER
     if kind == "csv":
@@ -49,8 +49,10 @@ def make_logger(kind: str, run_folder: Path) -> Logger | None:
     if kind == "mlflow":
         from lightning.pytorch.loggers import MLFlowLogger
 
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or (folder / "mlruns").absolute().as_uri()
-        return MLFlowLogger(experiment_name="nrnn", tracking_uri=uri)
+        # MLflow 3 refuses new file stores: the default is an SQLite database in the run folder
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(folder / 'mlflow.db').absolute()}"
+        artifacts = None if "MLFLOW_TRACKING_URI" in os.environ else (folder / "mlartifacts").absolute().as_uri()
+        return MLFlowLogger(experiment_name="nrnn", tracking_uri=uri, artifact_location=artifacts)
     return None
 
 
