@@ -283,7 +283,7 @@ def saved_bytes(module: nn.Module, x: torch.Tensor) -> int:
         storage = tensor.untyped_storage()
         if storage.data_ptr() not in existing:
             storages[storage.data_ptr()] = storage.nbytes()
-        return tensor
+        return tensor.detach()  # keeps the storage alive, but no reference cycle through a saved output's grad_fn
 
     module.train()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
