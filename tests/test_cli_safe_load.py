@@ -71,10 +71,8 @@ def test_every_supported_model_round_trips_through_the_safe_loader(tmp_path, nam
     assert result.series["series"].nunique() == 11 and result.results["value"].notna().all()
 
 
-def test_tensorboard_logs_the_losses_sigmas_and_the_noise_configuration(tmp_path):
-    pytest.importorskip("tensorboard")
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
+def _train_on_sunspots(tmp_path, logger: str) -> None:
+    """A two-epoch noisy run on yearly sunspots into ``tmp_path / "run"``, logging to ``logger``."""
     frame = sm.datasets.sunspots.load_pandas().data.astype({"YEAR": int})
     frame.to_csv(tmp_path / "spots.csv", index=False)
     config = RunConfig.from_dict(
@@ -82,13 +80,20 @@ def test_tensorboard_logs_the_losses_sigmas_and_the_noise_configuration(tmp_path
             "data": {"path": str(tmp_path / "spots.csv"), "time": "YEAR", "target": "SUNACTIVITY",
                      "max_encoder_length": 12, "max_prediction_length": 4, "validation": 30, "test": 30},
             "model": {"hidden_size": 8},
-            "trainer": {"max_epochs": 2, "limit_train_batches": 2, "logger": "tensorboard"},
+            "trainer": {"max_epochs": 2, "limit_train_batches": 2, "logger": logger},
             "noise": {"additive": 0.1, "multiplicative": 0.02},
             "output": {"dir": str(tmp_path / "run")},
         }
     )  # fmt: skip
     config, prepared, split = load_training_data(config)
     training.run_training(config, prepared, split)
+
+
+def test_tensorboard_logs_the_losses_sigmas_and_the_noise_configuration(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _train_on_sunspots(tmp_path, logger="tensorboard")
     (events,) = (tmp_path / "run" / "logs").glob("events.out.tfevents.*")
     accumulator = EventAccumulator(str(events))
     accumulator.Reload()
@@ -101,20 +106,7 @@ def test_tensorboard_logs_the_losses_sigmas_and_the_noise_configuration(tmp_path
 def test_mlflow_logs_the_losses_sigmas_and_the_noise_configuration(tmp_path, monkeypatch):
     mlflow = pytest.importorskip("mlflow")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    frame = sm.datasets.sunspots.load_pandas().data.astype({"YEAR": int})
-    frame.to_csv(tmp_path / "spots.csv", index=False)
-    config = RunConfig.from_dict(
-        {
-            "data": {"path": str(tmp_path / "spots.csv"), "time": "YEAR", "target": "SUNACTIVITY",
-                     "max_encoder_length": 12, "max_prediction_length": 4, "validation": 30, "test": 30},
-            "model": {"hidden_size": 8},
-            "trainer": {"max_epochs": 2, "limit_train_batches": 2, "logger": "mlflow"},
-            "noise": {"additive": 0.1, "multiplicative": 0.02},
-            "output": {"dir": str(tmp_path / "run")},
-        }
-    )  # fmt: skip
-    config, prepared, split = load_training_data(config)
-    training.run_training(config, prepared, split)
+    _train_on_sunspots(tmp_path, logger="mlflow")
     store = tmp_path / "run" / "logs" / "mlflow.db"  # the default: an SQLite database inside the run folder
     client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{store}")
     (run,) = client.search_runs([client.get_experiment_by_name("nrnn").experiment_id])
