@@ -21,8 +21,9 @@ callback that runs is a copy: :func:`noisy_callbacks` finds the running instance
 without callbacks (``save`` drops them): :func:`attach` puts one on every model before a further ``fit`` (which,
 with ``use_init_models=False``, fine-tunes the loaded weights). NeuralForecast has no resume API (``fit`` takes
 no checkpoint); a Lightning checkpoint written with ``enable_checkpointing=True`` resumes by hand with
-``Trainer.fit(model, datamodule, ckpt_path=..., weights_only=False)`` (NeuralForecast's own loss classes are not
-allow-listed by torch), and the callback's state in it continues the noise streams.
+``Trainer.fit(model, datamodule, ckpt_path=...)`` inside ``torch.serialization.safe_globals([...])`` naming
+NeuralForecast's own loss classes (torch does not allow-list them; its error names each one), never
+``weights_only=False``; the callback's state in it continues the noise streams.
 
 :func:`sample_paths` draws Monte Carlo hidden-noise forecast paths: the series are tiled into ``n_samples``
 copies (one predict, every copy its own noise) and the result gets a ``sample`` column.
