@@ -99,6 +99,14 @@ def require(command: str, modules: Sequence[str], extra: str) -> None:
 FORECASTING = ("lightning", "pytorch_forecasting")
 
 
+def _finish(reporter: StderrReporter, text: str, files: Sequence[Path]) -> int:
+    """A command's last step: the result on stdout, each written file as a note on stderr; the exit status."""
+    print(text)
+    for path in files:
+        reporter.note(f"wrote {path}")
+    return EXIT_OK
+
+
 def cmd_plugins(args: argparse.Namespace) -> int:
     import warnings
 
@@ -204,10 +212,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         seed=args.seed,
         reporter=reporter,
     )
-    print(result.summary)
-    for path in result.files:
-        reporter.note(f"wrote {path}")
-    return EXIT_OK
+    return _finish(reporter, result.summary, result.files)
 
 
 def cmd_robustness(args: argparse.Namespace) -> int:
@@ -236,10 +241,7 @@ def cmd_robustness(args: argparse.Namespace) -> int:
         metric=args.metric,
         reporter=reporter,
     )
-    print(report.table)
-    for path in report.files:
-        reporter.note(f"wrote {path}")
-    return EXIT_OK
+    return _finish(reporter, report.table, report.files)
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
@@ -270,10 +272,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         reporter=reporter,
     )
-    print(result.table)
-    for path in result.files:
-        reporter.note(f"wrote {path}")
-    return EXIT_OK
+    return _finish(reporter, result.table, result.files)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -295,10 +294,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         reporter=reporter,
     )
-    print(result.table)
-    for path in result.files:
-        reporter.note(f"wrote {path}")
-    return EXIT_OK
+    return _finish(reporter, result.table, result.files)
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
@@ -317,7 +313,4 @@ def cmd_tune(args: argparse.Namespace) -> int:
         max_epochs=args.max_epochs,
         reporter=reporter,
     )
-    print(tune.format_summary(result, args.out))
-    for path in result.files:
-        reporter.note(f"wrote {path}")
-    return EXIT_OK
+    return _finish(reporter, tune.format_summary(result, args.out), result.files)
