@@ -46,10 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     from nrnn_plugin.adapters.forecasting import forecast_samples
     from nrnn_plugin.adapters.forecasting.calibration import calibrate_bands, loader_targets
     from nrnn_plugin.app import training
-    from nrnn_plugin.app.commands import quiet_frameworks
     from nrnn_plugin.app.data import prepare_frame, split_and_check
     from nrnn_plugin.app.datasets import build_datasets, make_loader
     from nrnn_plugin.app.demo import load_dataset
+    from nrnn_plugin.app.quiet import quiet_frameworks
     from nrnn_plugin.app.run_config import ModelSpec, TrainerSpec
     from nrnn_plugin.calibration import apply_offsets, central_band, coverage
 

@@ -259,9 +259,14 @@ def _direction(name: str) -> str:
     return "maximize" if name in data_sets.CLASSIFICATION else "minimize"
 
 
-def tune_job(job: tuple[str, str, int, str, float]) -> dict[str, Any]:
-    """One arm's study on one data set; returns the chosen values."""
-    name, arm, trials, work, tolerance = job
+def tune_job(job: tuple[str, str, int, str, float, int]) -> dict[str, Any]:
+    """One arm's study on one data set; returns the chosen values.
+
+    Each trial is trained with ``tune_seeds`` seeds (``TUNE_SEED``, ``TUNE_SEED + 1``, ...) and scored by the mean
+    of its validation metrics over them, the plain trial 0 alike: one seed's validation metric moves with the
+    machine's rounding as much as with the noise level, and the rule's choice with it.
+    """
+    name, arm, trials, work, tolerance, tune_seeds = job
     torch.set_num_threads(1)
     from nrnn_plugin.tuning import tune
 
@@ -275,10 +280,10 @@ def tune_job(job: tuple[str, str, int, str, float]) -> dict[str, Any]:
             else f"{arm}_" + "_".join(f"{k}{v:.6g}" for k, v in sorted(candidate.params.items()))
         )
 
-        def run() -> dict[str, float]:
-            model, info = train(task, arm, dict(candidate.params), TUNE_SEED)
+        def run(seed: int) -> dict[str, float]:
+            model, info = train(task, arm, dict(candidate.params), seed)
             rows = perturbed_scores(
-                task, model, "val", {"white_noise": (0.0,), **{k: (v,) for k, v in TUNE_MIX.items()}}, TUNE_SEED
+                task, model, "val", {"white_noise": (0.0,), **{k: (v,) for k, v in TUNE_MIX.items()}}, seed
             )
             clean = rows[0][2]
             perturbed = float(np.mean([r[2] for r in rows[1:]]))
@@ -289,7 +294,17 @@ def tune_job(job: tuple[str, str, int, str, float]) -> dict[str, Any]:
                 "train_seconds": info["seconds"],
             }
 
-        return _cached(cache / _tag(name) / f"{key}.json", run)
+        runs = []
+        for i in range(tune_seeds):
+            seed = TUNE_SEED + i
+            suffix = "" if i == 0 else f"_seed{seed}"  # the first seed's file is the one-seed study's
+            runs.append(_cached(cache / _tag(name) / f"{key}{suffix}.json", lambda seed=seed: run(seed)))
+        return {
+            "clean": float(np.mean([r["clean"] for r in runs])),
+            "perturbed": float(np.mean([r["perturbed"] for r in runs])),
+            "best_epoch": float(np.mean([r["best_epoch"] for r in runs])),
+            "train_seconds": float(np.sum([r["train_seconds"] for r in runs])),
+        }
 
     out = Path(work) / "studies" / f"{_tag(name)}_{arm}"
     result = tune(
@@ -512,6 +527,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=8, help="evaluation seeds per arm (0..N-1)")
     parser.add_argument("--trials", type=int, default=8, help="trials per tuned arm, the plain trial 0 included")
     parser.add_argument("--tolerance", type=float, default=0.01, help="rule: allowed relative clean loss")
+    parser.add_argument(
+        "--tune-seeds", type=int, default=1, help="training seeds per trial; the study scores their mean"
+    )
     parser.add_argument("--stage", choices=("tune", "evaluate", "report", "all"), default="all")
     parser.add_argument("--jobs", type=int, default=2, help="worker processes (one thread each)")
     parser.add_argument("--work", type=Path, default=Path("outputs/evidence"))
@@ -537,8 +555,17 @@ def main(argv: list[str] | None = None) -> int:
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         if args.stage in ("tune", "all"):
             # the plain trial 0 is shared by every arm's study (cached): compute it once per data set first
-            list(pool.map(tune_job, [(d, tuned[0], 1, str(args.work), args.tolerance) for d in args.datasets]))
-            jobs = [(d, a, args.trials, str(args.work), args.tolerance) for d in args.datasets for a in tuned]
+            list(
+                pool.map(
+                    tune_job,
+                    [(d, tuned[0], 1, str(args.work), args.tolerance, args.tune_seeds) for d in args.datasets],
+                )
+            )
+            jobs = [
+                (d, a, args.trials, str(args.work), args.tolerance, args.tune_seeds)
+                for d in args.datasets
+                for a in tuned
+            ]
             chosen = []
             for result in pool.map(tune_job, jobs):
                 chosen.append(result)

@@ -278,7 +278,7 @@ def test_schema_writes_the_json_schema_and_the_reference():
 @pytest.mark.slow
 def test_demo_quick_trains_both_models_and_writes_table_csv_and_plot(tmp_path):
     """``nrnn demo --quick`` (under a minute on 2 cores): the README's first command, end to end."""
-    result = nrnn("demo", "--quick", "--out", str(tmp_path), timeout=240)
+    result = nrnn("demo", "--quick", "--jobs", "1", "--out", str(tmp_path), timeout=240)
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr and "GPU available" not in result.stderr
     # Progress: one line per model and epoch.

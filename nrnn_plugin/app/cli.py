@@ -29,7 +29,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from nrnn_plugin.app.commands import (
-    DEBUG_VAR,
     cmd_bench,
     cmd_demo,
     cmd_plugins,
@@ -38,10 +37,10 @@ from nrnn_plugin.app.commands import (
     cmd_schema,
     cmd_train,
     cmd_tune,
-    debug,
 )
 from nrnn_plugin.app.errors import InputError
 from nrnn_plugin.app.outputs import Interrupted, stop_on_signals
+from nrnn_plugin.app.quiet import DEBUG_VAR, debug
 
 __all__ = ["main", "build_parser"]
 
@@ -151,6 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="seed of weights, batches and noise (default: 0)")
     demo.add_argument(
         "--noise", type=_non_negative_float, default=None, help="additive noise level sigma (default: the demo's)"
+    )
+    demo.add_argument("--seeds", type=_positive_int, default=None, help="training seeds (default: 32; 2 with --quick)")
+    demo.add_argument(
+        "--jobs",
+        type=_positive_int,
+        default=None,
+        help="seeds trained at a time, each in its own process (default: the CPU cores available, at most 4)",
     )
     demo.add_argument("--threads", type=_positive_int, default=None, help=_THREADS)
     demo.add_argument("--overwrite", action="store_true", help=_OVERWRITE)

@@ -15,6 +15,7 @@ from typing import Any
 
 from nrnn_plugin.app.errors import InputError
 from nrnn_plugin.app.progress import StderrReporter
+from nrnn_plugin.app.quiet import DEBUG_VAR, quiet_frameworks
 
 __all__ = [
     "cmd_plugins",
@@ -31,42 +32,6 @@ __all__ = [
 ]
 
 EXIT_OK = 0
-DEBUG_VAR = "NRNN_DEBUG"
-
-
-def debug() -> bool:
-    """True when ``NRNN_DEBUG`` asks for tracebacks and framework warnings."""
-    return os.environ.get(DEBUG_VAR, "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def quiet_frameworks() -> None:
-    """Silence Lightning's info banners and the framework warnings a CLI user cannot act on.
-
-    Called by the subcommands that train or evaluate (never by the library). Each Lightning distribution sets
-    its own logger levels on import, so every installed one is imported first (the noise callback imports them
-    all anyway). ``NRNN_DEBUG=1`` keeps them.
-    """
-    if debug():
-        return
-    import importlib
-    import logging
-    import warnings
-
-    from nrnn_plugin.integrations.distributions import installed_distributions
-
-    for distribution in installed_distributions():
-        importlib.import_module(distribution)
-
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning", "pytorch_forecasting"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    for module in ("lightning", "pytorch_lightning", "pytorch_forecasting", "torch", "sklearn"):
-        warnings.filterwarnings("ignore", module=module)
-        warnings.filterwarnings("ignore", module=module + r"\..*")
-    # The noise callback's resume note and the pipeline's own warnings stay visible; Lightning's
-    # "does not have many workers" and pytorch-forecasting's "attribute is an nn.Module" notices do not.
-    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=r".*is an instance of `nn.Module` and is already saved.*")
-
 
 #: PyTorch CPU threads per command when ``--threads`` is not given (measured: ``docs/cli.md``, "Threads"). The
 #: recurrent models these commands train and evaluate are small: their matrix products are too small to split
@@ -269,10 +234,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         seed=args.seed,
         noise=args.noise,
+        seeds=args.seeds,
+        jobs=args.jobs if args.jobs is not None else default_jobs(),
         overwrite=args.overwrite,
         reporter=reporter,
     )
     return _finish(reporter, result.table, result.files)
+
+
+def default_jobs(limit: int = 4) -> int:
+    """Worker processes for the demo's seeds: the CPU cores this process may use, at most ``limit``."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(limit, cores))
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

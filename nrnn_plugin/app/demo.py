@@ -28,16 +28,19 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from nrnn_plugin.app import report, training
 from nrnn_plugin.app.data import prepare_frame, split_and_check
 from nrnn_plugin.app.datasets import build_datasets
+from nrnn_plugin.app.demo_table import comparison_report
 from nrnn_plugin.app.outputs import OutputFolder
 from nrnn_plugin.app.progress import NullReporter, Reporter
 from nrnn_plugin.app.run_config import DataSpec, ModelSpec, TrainerSpec
 from nrnn_plugin.config import NoiseConfig
+from nrnn_plugin.validation import check_int
 
 __all__ = ["DemoSettings", "DEFAULT", "QUICK", "DemoResult", "run_demo", "load_dataset"]
 
@@ -133,11 +136,14 @@ def run_demo(
     epochs: int | None = None,
     seed: int = 0,
     noise: float | None = None,
+    seeds: int | None = None,
+    jobs: int = 1,
     overwrite: bool = False,
     reporter: Reporter | None = None,
 ) -> DemoResult:
     """Train, evaluate and compare; write CSV and PNG into ``out_dir`` (all or nothing; an existing non-empty
-    folder only with ``overwrite``). ``seed`` offsets the training seeds."""
+    folder only with ``overwrite``). ``seed`` offsets the training seeds; ``seeds`` replaces their number (default:
+    the settings'); ``jobs`` trains that many seeds at a time in worker processes (same numbers as ``jobs=1``)."""
     reporter = reporter or NullReporter()
     if dataset not in SETTINGS:
         raise ValueError(f"run_demo: dataset must be one of {DATASETS}, got {dataset!r}")
@@ -146,30 +152,40 @@ def run_demo(
         settings = replace(settings, epochs=epochs)
     if noise is not None:
         settings = replace(settings, noise=noise)
-    seeds = tuple(seed + s for s in settings.seeds)
+    if seeds is not None:
+        settings = replace(settings, seeds=tuple(range(check_int("run_demo: seeds", seeds, minimum=1))))
+    check_int("run_demo: jobs", jobs, minimum=1)
+    train_seeds = tuple(seed + s for s in settings.seeds)
     folder = OutputFolder(out_dir, overwrite=overwrite)
     with folder as staging:
-        result = _run(staging, settings, seeds, dataset, reporter)
+        result = _run(staging, settings, train_seeds, dataset, jobs, reporter)
     out = folder.target
     return DemoResult(results=result.results, table=result.table, files=[out / f.name for f in result.files])
 
 
-def _run(out: Path, settings: DemoSettings, seeds: tuple[int, ...], dataset: str, reporter: Reporter) -> DemoResult:
-    from nrnn_plugin.robustness import plot_robustness
-
+def _prepare(dataset: str) -> tuple[pd.DataFrame, Any, str]:
+    """The data set's raw frame, its training/validation/test windows and the CSV file name."""
     raw, spec, csv_name = load_dataset(dataset)
-    data_file = out / csv_name
-    raw.to_csv(data_file, index=False)
     prepared, split = split_and_check(prepare_frame(raw, spec, source=csv_name), source=csv_name)
-    datasets = build_datasets(prepared, split, source=csv_name)
-    test = datasets.test
-    if test is None:
-        raise RuntimeError("the demo's split has no test windows")
-    reporter.progress(
-        f"{csv_name}: {len(prepared.frame)} steps ({'; '.join(prepared.notes) or 'complete'}); windows: train "
-        f"{len(datasets.training)}, validation {len(datasets.validation)}, test {len(test)} "
-        f"(time steps >= {split.test_start}, never trained or selected on)"
-    )
+    return raw, (prepared, split, build_datasets(prepared, split, source=csv_name)), csv_name
+
+
+def _arms(settings: DemoSettings) -> dict[str, float | None]:
+    """Model label -> additive noise level (``None``: the plain model)."""
+    return {"LSTM": None, f"LSTM + noise {settings.noise:g}": settings.noise}
+
+
+def _one_seed(
+    datasets: Any, settings: DemoSettings, train_seed: int, reporter: Reporter
+) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Train both models with ``train_seed`` and score them on the test windows.
+
+    Returns the scores (one row per model, perturbation seed, perturbation, strength and metric; column
+    ``train_seed`` added) and each model's training seconds. Depends on nothing but its arguments and the thread
+    count, so a seed gives the same numbers in any process.
+    """
+    import lightning.pytorch as pl
+
     model_spec = ModelSpec.from_dict(
         {
             "class": "RecurrentNetwork",
@@ -181,46 +197,104 @@ def _run(out: Path, settings: DemoSettings, seeds: tuple[int, ...], dataset: str
             "loss": "MAE",
         }
     )
-    plain_name, noisy_name = "LSTM", f"LSTM + noise {settings.noise:g}"
-    arms = {plain_name: None, noisy_name: settings.noise}
+    models, fit_seconds = {}, {}
+    for name, sigma in _arms(settings).items():
+        trainer_spec = TrainerSpec(
+            max_epochs=settings.epochs,
+            batch_size=64,
+            seed=train_seed,
+            gradient_clip_val=1.0,
+            limit_train_batches=settings.limit_train_batches,
+        )
+        pl.seed_everything(train_seed, verbose=False)
+        model = training.build_model(model_spec, datasets.training)
+        config = None if sigma is None else NoiseConfig(additive=sigma, seed=train_seed)
+        trained = training.fit_model(
+            model, datasets, trainer_spec, config, out_dir=None, label=f"{name} (seed {train_seed})", reporter=reporter
+        )
+        fit_seconds[name] = trained.seconds
+        models[name] = trained.model
+    scores = report.evaluate_robustness(models, datasets.test, settings.grid, seeds=settings.perturbation_seeds)
+    scores.insert(1, "train_seed", train_seed)
+    return scores, fit_seconds
+
+
+def _one_seed_in_worker(
+    task: tuple[str, DemoSettings, int, int],
+) -> tuple[int, tuple[pd.DataFrame, dict[str, float]]]:
+    """:func:`_one_seed` in a worker process for ``(dataset, settings, train_seed, threads)``: the same data
+    (rebuilt from the bundled set) and the same thread count as the parent; returns the seed with the result."""
+    import torch
+
+    from nrnn_plugin.app.quiet import quiet_frameworks
+
+    dataset, settings, train_seed, threads = task
+    torch.set_num_threads(threads)
+    quiet_frameworks()
+    return train_seed, _one_seed(_prepare(dataset)[1][2], settings, train_seed, NullReporter())
+
+
+def _all_seeds(
+    dataset: str, datasets: Any, settings: DemoSettings, seeds: tuple[int, ...], jobs: int, reporter: Reporter
+) -> tuple[list[pd.DataFrame], dict[str, float]]:
+    """Every seed's scores in seed order, and the training seconds per model summed over seeds.
+
+    ``jobs > 1`` runs seeds in that many spawned worker processes, each with this process's thread count; the
+    numbers are the same as with ``jobs=1`` (tested), only the progress lines are one per seed.
+    """
+    import torch
+
+    frames: dict[int, pd.DataFrame] = {}
+    fit_seconds = dict.fromkeys(_arms(settings), 0.0)
+
+    def done(seed: int, scores: pd.DataFrame, seconds: dict[str, float], started: float) -> None:
+        frames[seed] = scores
+        for name, value in seconds.items():
+            fit_seconds[name] += value
+        reporter.progress(
+            f"seed {seed}: both models trained and evaluated on {len(datasets.test)} test windows "
+            f"({len(frames)}/{len(seeds)}, {time.perf_counter() - started:.0f}s)"
+        )
+
+    started = time.perf_counter()
+    if jobs == 1:
+        for seed in seeds:
+            done(seed, *_one_seed(datasets, settings, seed, reporter), started)
+    else:
+        import multiprocessing
+
+        threads = torch.get_num_threads()
+        tasks = [(dataset, settings, s, threads) for s in seeds]
+        # Pool.__exit__ terminates the workers: an error or a signal in this process never waits for a seed
+        with multiprocessing.get_context("spawn").Pool(min(jobs, len(seeds))) as pool:
+            for seed, (scores, seconds) in pool.imap_unordered(_one_seed_in_worker, tasks):
+                done(seed, scores, seconds, started)
+    return [frames[s] for s in seeds], fit_seconds
+
+
+def _run(
+    out: Path, settings: DemoSettings, seeds: tuple[int, ...], dataset: str, jobs: int, reporter: Reporter
+) -> DemoResult:
+    from nrnn_plugin.robustness import plot_robustness
+
+    raw, (prepared, split, datasets), csv_name = _prepare(dataset)
+    data_file = out / csv_name
+    raw.to_csv(data_file, index=False)
+    test = datasets.test
+    if test is None:
+        raise RuntimeError("the demo's split has no test windows")
     reporter.progress(
-        f"training {len(arms)} x {len(seeds)} RecurrentNetwork(LSTM, hidden {settings.hidden_size}) for "
-        f"{settings.epochs} epochs each; '{noisy_name}' = additive hidden-state noise sigma {settings.noise:g}"
+        f"{csv_name}: {len(prepared.frame)} steps ({'; '.join(prepared.notes) or 'complete'}); windows: train "
+        f"{len(datasets.training)}, validation {len(datasets.validation)}, test {len(test)} "
+        f"(time steps >= {split.test_start}, never trained or selected on)"
     )
-
-    frames, fit_seconds = [], dict.fromkeys(arms, 0.0)
-    for train_seed in seeds:
-        models = {}
-        for name, sigma in arms.items():
-            trainer_spec = TrainerSpec(
-                max_epochs=settings.epochs,
-                batch_size=64,
-                seed=train_seed,
-                gradient_clip_val=1.0,
-                limit_train_batches=settings.limit_train_batches,
-            )
-            import lightning.pytorch as pl
-
-            pl.seed_everything(train_seed, verbose=False)
-            model = training.build_model(model_spec, datasets.training)
-            config = None if sigma is None else NoiseConfig(additive=sigma, seed=train_seed)
-            trained = training.fit_model(
-                model,
-                datasets,
-                trainer_spec,
-                config,
-                out_dir=None,
-                label=f"{name} (seed {train_seed})",
-                reporter=reporter,
-            )
-            fit_seconds[name] += trained.seconds
-            models[name] = trained.model
-        started = time.perf_counter()
-        scores = report.evaluate_robustness(models, test, settings.grid, seeds=settings.perturbation_seeds)
-        seconds = time.perf_counter() - started
-        reporter.progress(f"evaluated seed {train_seed} on {len(test)} test windows ({seconds:.1f}s)")
-        scores.insert(1, "train_seed", train_seed)
-        frames.append(scores)
+    plain_name, noisy_name = _arms(settings)
+    reporter.progress(
+        f"training 2 x {len(seeds)} RecurrentNetwork(LSTM, hidden {settings.hidden_size}) for "
+        f"{settings.epochs} epochs each in {jobs} process(es); '{noisy_name}' = additive hidden-state noise sigma "
+        f"{settings.noise:g}"
+    )
+    frames, fit_seconds = _all_seeds(dataset, datasets, settings, seeds, jobs, reporter)
 
     results = pd.concat(frames, ignore_index=True)
     results = results.rename(columns={"seed": "perturbation_seed"})
@@ -236,7 +310,7 @@ def _run(out: Path, settings: DemoSettings, seeds: tuple[int, ...], dataset: str
         ncols=len(settings.grid),
         title=f"{dataset}: test MAE under perturbed encoder inputs (bands: ± std over seeds)",
     )
-    table = _report(settings, seeds, fit_seconds, plain_name, noisy_name, dataset, results, len(test))
+    table = comparison_report(settings, seeds, fit_seconds, plain_name, noisy_name, dataset, results, len(test))
     return DemoResult(results=results, table=table, files=[csv_path, png_path, data_file])
 
 
@@ -245,148 +319,3 @@ def _fold_seeds(results: pd.DataFrame) -> pd.DataFrame:
     folded = results.copy()
     folded["seed"] = folded["train_seed"] * 1000 + folded["perturbation_seed"]
     return folded.drop(columns=["train_seed", "perturbation_seed"])
-
-
-_VERDICTS = {"better": "lower MAE with noise", "worse": "higher MAE with noise"}
-
-
-def _mean_sd(mean: float, sd: float) -> str:
-    """``0.5028 ± 0.035`` (the spread over training seeds; only the mean for one seed)."""
-    return f"{mean:.4g} ± {sd:.2g}" if sd == sd else f"{mean:.4g}"
-
-
-@dataclass(frozen=True)
-class PairedRow:
-    """One grid point: both models' mean MAE (and spread over seeds) and the paired change in % of plain's."""
-
-    perturbation: str
-    strength: float
-    plain: float
-    plain_sd: float
-    noisy: float
-    noisy_sd: float
-    change: float
-    low: float
-    high: float
-    improved: int
-    n: int
-    verdict: str
-
-    @property
-    def label(self) -> str:
-        return "clean" if self.strength == 0.0 else f"{self.perturbation} {self.strength:g}"
-
-
-def _per_seed(mae: pd.DataFrame) -> pd.DataFrame:
-    """MAE per (model, perturbation, strength, training seed), averaged over the perturbation seeds."""
-    return mae.groupby(["model", "perturbation", "strength", "train_seed"], as_index=False, sort=False)["value"].mean()
-
-
-def paired_rows(results: pd.DataFrame, plain: str, noisy: str) -> list[PairedRow]:
-    """Per grid point: both models' mean MAE and the paired per-seed change of ``noisy`` against ``plain``."""
-    from nrnn_plugin.app.stats import paired_difference, verdict
-
-    per_seed = _per_seed(results[results["metric"] == "mae"])
-    rows: list[PairedRow] = []
-    clean_done = False
-    for (perturbation, strength), part in per_seed.groupby(["perturbation", "strength"], sort=False):
-        if strength == 0.0:
-            if clean_done:
-                continue
-            clean_done = True
-        pivot = part.pivot_table(index="train_seed", columns="model", values="value")
-        d = paired_difference(pivot[plain].tolist(), pivot[noisy].tolist(), lower_is_better=True)
-        scale = 100.0 / d.control_mean
-        rows.append(
-            PairedRow(
-                perturbation="clean" if strength == 0.0 else str(perturbation),
-                strength=float(strength),
-                plain=d.control_mean,
-                plain_sd=float(pivot[plain].std(ddof=1)) if d.n > 1 else float("nan"),
-                noisy=d.treated_mean,
-                noisy_sd=float(pivot[noisy].std(ddof=1)) if d.n > 1 else float("nan"),
-                change=d.mean * scale,
-                low=d.low * scale,
-                high=d.high * scale,
-                improved=d.improved,
-                n=d.n,
-                verdict=verdict(d) if d.n > 1 else "one seed: no interval",
-            )
-        )
-    return rows
-
-
-def _report(
-    settings: DemoSettings,
-    seeds: tuple[int, ...],
-    fit_seconds: dict[str, float],
-    plain: str,
-    noisy: str,
-    dataset: str,
-    results: pd.DataFrame,
-    windows: int,
-) -> str:
-    rows = paired_rows(results, plain, noisy)
-    table = [
-        [
-            "perturbation",
-            "strength",
-            f"{plain} MAE",
-            f"{noisy} MAE",
-            "change",
-            "95% CI",
-            "improved",
-            "verdict (noise vs plain)",
-        ]
-    ]
-    for r in rows:
-        table.append(
-            [
-                r.perturbation,
-                "-" if r.strength == 0.0 else f"{r.strength:g}",
-                _mean_sd(r.plain, r.plain_sd),
-                _mean_sd(r.noisy, r.noisy_sd),
-                f"{r.change:+.1f}%",
-                f"[{r.low:+.1f}%, {r.high:+.1f}%]" if r.n > 1 else "-",
-                f"{r.improved}/{r.n}",
-                _VERDICTS.get(r.verdict, r.verdict),
-            ]
-        )
-    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
-    text = [
-        "  ".join(c.ljust(w) if i in (0, 7) else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))).rstrip()
-        for line in table
-    ]
-    text.insert(1, "  ".join("-" * w for w in widths))
-
-    def listed(kind: str) -> str:
-        chosen = [r for r in rows if r.verdict == kind]
-        return (
-            ", ".join(
-                f"{r.label} ({r.change:+.1f}% [{r.low:+.1f}%, {r.high:+.1f}%], {r.improved}/{r.n} seeds)"
-                for r in chosen
-            )
-            or "none"
-        )
-
-    lines = [
-        f"nrnn demo: {dataset}, {windows} test windows; MAE in the target's units (lower is better), mean ± std over "
-        f"{len(seeds)} training seed(s) (each averaged over {len(settings.perturbation_seeds)} perturbation seed(s)); "
-        f"change = {noisy} minus {plain}, paired by training seed, in % of the {plain} MAE, with its t-based 95% "
-        f"interval; improved = seeds where noise lowered the MAE",
-        "",
-        *text,
-        "",
-        f"training time ({settings.epochs} epochs x {len(seeds)} seed(s)): "
-        + ", ".join(f"{name} {seconds:.0f}s" for name, seconds in fit_seconds.items()),
-    ]
-    if len(seeds) > 1:
-        lines += [
-            "conclusion (a difference is stated only where its 95% interval excludes 0):",
-            f"  lower MAE with noise:  {listed('better')}",
-            f"  higher MAE with noise: {listed('worse')}",
-            f"  no clear difference:   {listed('no clear difference')}",
-        ]
-    else:
-        lines.append("conclusion: none (one training seed gives no uncertainty; run without --quick)")
-    return "\n".join(lines)
