@@ -63,6 +63,34 @@ def test_tune_writes_trials_best_and_front_then_resumes_and_trains(tmp_path, sun
     assert (tmp_path / "best" / "model.ckpt").exists()
 
 
+@pytest.mark.slow
+def test_train_seeds_score_each_trial_by_the_mean_over_seeds(tmp_path, sunspots_csv):  # noqa: F811
+    import re
+
+    import pandas as pd
+
+    from nrnn_plugin.app.run_config import load_run_config
+
+    config = _run_file(tmp_path, sunspots_csv, TUNE.replace("trials: 3", "trials: 2\n  train_seeds: 2"))
+    seed = load_run_config(config).trainer.seed
+    out = tmp_path / "tune"
+    result = nrnn("tune", "--config", str(config), "--out", str(out), "--threads", "1", timeout=400)
+    assert result.returncode == 0, result.stderr
+    trials = pd.read_csv(out / "trials.csv")
+    for number in (0, 1):
+        per_seed = [
+            float(m.group(1))
+            for s in (seed, seed + 1)
+            for m in [re.search(rf"trial {number}[^\n]* seed {s}: validation mae clean ([0-9.e+-]+)", result.stderr)]
+            if m is not None
+        ]
+        assert len(per_seed) == 2, result.stderr  # both seeds trained, and they differ
+        assert per_seed[0] != per_seed[1]
+        clean = trials.loc[trials.number == number, "clean"].iloc[0]
+        assert clean == pytest.approx(sum(per_seed) / 2, rel=1e-3)  # printed to 4 significant digits
+    assert result.stderr.count("(mean over 2 training seeds)") == 2
+
+
 def test_tune_section_errors_name_the_key(tmp_path, sunspots_csv):  # noqa: F811
     bad = TUNE.replace("perturbations: {white_noise: 0.4}", "perturbations: {gaussian: 0.4}")
     result = nrnn("tune", "--config", str(_run_file(tmp_path, sunspots_csv, bad)), "--out", str(tmp_path / "o"))

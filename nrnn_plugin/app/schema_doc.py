@@ -39,6 +39,10 @@ def _resolve(schema: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
         all_of = node.get("allOf")
         if all_of and len(all_of) == 1 and "$ref" in all_of[0]:
             ref = all_of[0]["$ref"]
+        # an optional section (``tune``): anyOf [its $ref, null]
+        refs = [part["$ref"] for part in node.get("anyOf", []) if "$ref" in part]
+        if len(refs) == 1 and all("$ref" in part or part.get("type") == "null" for part in node["anyOf"]):
+            ref = refs[0]
     if ref is None:
         return node
     resolved: dict[str, Any] = schema["$defs"][ref.rsplit("/", 1)[-1]]

@@ -15,6 +15,7 @@ The ``tune:`` section (every key optional; ``examples/tune.yaml``)::
       metric: mae                # mae | smape
       perturbations: {white_noise: 0.4, salt_and_pepper: 0.05}   # the mix: mean metric over these
       seeds: [0]                 # perturbation seeds
+      train_seeds: 1             # training seeds per trial; the study scores their mean (steadier choices)
       study_name: nrnn-tune
       space:                     # nrnn_plugin.tuning.SearchSpace.from_dict; default: additive, multiplicative
         additive: {low: 0.02, high: 1.0, log: true}
@@ -78,22 +79,22 @@ def run_tune(
         f"{len(datasets.validation)}; perturbation mix {dict(spec.perturbations)}"
     )
 
-    def train_and_evaluate(candidate: Any) -> dict[str, float]:
+    def train_once(candidate: Any, seed: int, label: str, prune: bool) -> dict[str, float]:
+        """One training run of ``candidate`` with training (and noise) seed ``seed``, scored on validation."""
         import lightning.pytorch as pl
 
-        pl.seed_everything(config.trainer.seed, verbose=False)
+        pl.seed_everything(seed, verbose=False)
         model = training.build_model(config.model, datasets.training)
-        noise = None if candidate.baseline else candidate.noise
-        label = f"trial {candidate.number}" + ("" if noise is None else f" ({_describe(candidate.params)})")
+        noise = None if candidate.baseline else candidate.noise.replace(seed=seed)
         trained = training.fit_model(
             model,
             datasets,
-            config.trainer,
+            config.trainer.replace(seed=seed),
             noise,
             out_dir=None,
             label=label,
             reporter=reporter,
-            callbacks=pruning_callback(candidate, monitor="val_loss"),
+            callbacks=pruning_callback(candidate, monitor="val_loss") if prune else [],
         )
         scores = report.evaluate_robustness({"m": trained.model}, datasets.validation, grid, seeds=spec.seeds)
         scores = scores[scores["metric"] == spec.metric]
@@ -101,6 +102,22 @@ def run_tune(
         perturbed = float(scores[scores["strength"] > 0.0].groupby("perturbation")["value"].mean().mean())
         reporter.progress(f"{label}: validation {spec.metric} clean {clean:.4g}, perturbed {perturbed:.4g}")
         return {"clean": clean, "perturbed": perturbed, "best_val_loss": trained.best_val_loss}
+
+    def train_and_evaluate(candidate: Any) -> dict[str, float]:
+        """The mean over ``tune.train_seeds`` training seeds; only the first seed's run reports to the pruner."""
+        label = f"trial {candidate.number}" + ("" if candidate.baseline else f" ({_describe(candidate.params)})")
+        seeds = [config.trainer.seed + i for i in range(spec.train_seeds)]
+        runs = [
+            train_once(candidate, seed, label if len(seeds) == 1 else f"{label} seed {seed}", prune=i == 0)
+            for i, seed in enumerate(seeds)
+        ]
+        metrics = {key: float(sum(run[key] for run in runs) / len(runs)) for key in runs[0]}
+        if len(seeds) > 1:
+            reporter.progress(
+                f"{label}: validation {spec.metric} clean {metrics['clean']:.4g}, perturbed "
+                f"{metrics['perturbed']:.4g} (mean over {len(seeds)} training seeds)"
+            )
+        return metrics
 
     run_file = {key: value for key, value in config.to_dict().items() if key != "tune"}
     run_file["noise"] = None  # best.yaml: this run file with the chosen noise section

@@ -25,6 +25,8 @@ PERTURBATION_NAMES = ("white_noise", "multiplicative_noise", "salt_and_pepper", 
 OBJECTIVE_NAMES = ("pareto", "constrained")
 
 Seed = Annotated[int, Field(ge=0, strict=True)]
+#: The robustness objective's default perturbation mix.
+DEFAULT_MIX = {"white_noise": 0.4, "salt_and_pepper": 0.05}
 
 
 def _mix(value: Any) -> dict[str, float]:
@@ -75,10 +77,17 @@ class TuneSpec(Section):
     )
     metric: Literal["mae", "smape"] = Field("mae", description="the validation metric")
     perturbations: Mix = Field(
-        default_factory=lambda: {"white_noise": 0.4, "salt_and_pepper": 0.05},
+        default_factory=lambda: dict(DEFAULT_MIX),
         description="the perturbation mix of the robustness objective: perturbation -> strength",
+        json_schema_extra={"default": dict[str, Any](DEFAULT_MIX)},
     )
     seeds: tuple[Seed, ...] = Field((0,), min_length=1, description="perturbation seeds")
+    train_seeds: Count = Field(
+        1,
+        description="training seeds per trial (trainer.seed, trainer.seed + 1, ...; the noise seeded alike): the "
+        "study scores their mean, trial 0 too. One seed's validation metric moves with the seed and the machine's "
+        "rounding, and the rule's choice with it",
+    )
     study_name: Text = Field("nrnn-tune", description="the study's name in its storage")
     space: dict[str, Any] | None = Field(
         None, description="the search space (nrnn_plugin.tuning.SearchSpace); null: additive and multiplicative"
