@@ -33,6 +33,8 @@ def test_quick_study_tunes_evaluates_and_reports(tmp_path):
             str(tmp_path / "work"),
             "--jobs",
             "1",
+            "--tune-seeds",
+            "2",
         ],  # fmt: skip
         capture_output=True,
         text=True,
@@ -48,3 +50,39 @@ def test_quick_study_tunes_evaluates_and_reports(tmp_path):
     assert {"diff", "low", "high", "improved", "n", "detectable"} <= set(paired.columns)
     assert (paired.low <= paired["diff"]).all() and (paired["diff"] <= paired.high).all()
     assert "## ItalyPowerDemand" in (out / "evidence_summary_quick.md").read_text()
+    # --tune-seeds 2: every trial trained with seeds 1000 and 1001, the study scored their mean
+    import json
+
+    (tag,) = list((tmp_path / "work" / "quick" / "trials").iterdir())
+    runs = [json.loads((tag / name).read_text()) for name in ("plain.json", "plain_seed1001.json")]
+    assert runs[0] != runs[1]
+    (study,) = (tmp_path / "work" / "quick" / "studies").glob("*_noise")
+    trials = pd.read_csv(study / "trials.csv")
+    assert trials.loc[trials.number == 0, "clean"].iloc[0] == pytest.approx((runs[0]["clean"] + runs[1]["clean"]) / 2)
+
+
+def test_compare_isas_counts_agreeing_verdicts_and_lists_the_others():
+    import pandas as pd
+
+    sys.path.insert(0, str(SCRIPT.parent))
+    import compare_isas
+
+    def frame(rows):
+        columns = ["dataset", "arm", "control", "perturbation", "strength", "diff", "low", "high", "clear", "better"]
+        return pd.DataFrame(rows, columns=columns)
+
+    first = frame(
+        [
+            ("ECG5000", "noise", "plain", "white_noise", 0.0, 0.01, 0.005, 0.015, True, True),  # win
+            ("ECG5000", "noise", "plain", "fgsm", 0.2, -0.02, -0.03, -0.01, True, False),  # loss
+            ("ECG5000", "noise", "plain", "pgd", 0.2, 0.01, -0.01, 0.03, False, True),  # tie
+        ]
+    )
+    second = first.copy()
+    second.loc[2, ["low", "clear"]] = [0.001, True]  # pgd: win on the second run
+    merged = compare_isas.compare(first, second)
+    assert merged.verdict_a.tolist() == ["win", "loss", "tie"]
+    assert merged.verdict_b.tolist() == ["win", "loss", "win"] and merged.agree.sum() == 2
+    text = compare_isas.report(merged, ("A", "B"), ("a", "b"))
+    assert "**2 of 3 cells agree.**" in text
+    assert "| ECG5000 | noise vs plain | pgd 0.2 | tie +1.00 [-1.00, +3.00] | win +1.00 [+0.10, +3.00] |" in text
