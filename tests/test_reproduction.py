@@ -69,7 +69,7 @@ def test_compare_isas_counts_agreeing_verdicts_and_lists_the_others():
 
     def frame(rows):
         columns = ["dataset", "arm", "control", "perturbation", "strength", "diff", "low", "high", "clear", "better"]
-        return pd.DataFrame(rows, columns=columns)
+        return pd.DataFrame(rows, columns=columns).assign(improved=5, n=8)
 
     first = frame(
         [
@@ -86,3 +86,4 @@ def test_compare_isas_counts_agreeing_verdicts_and_lists_the_others():
     text = compare_isas.report(merged, ("A", "B"), ("a", "b"))
     assert "**2 of 3 cells agree.**" in text
     assert "| ECG5000 | noise vs plain | pgd 0.2 | tie +1.00 [-1.00, +3.00] | win +1.00 [+0.10, +3.00] |" in text
+    assert "| ECG5000 | clean | win +1.00 [+0.50, +1.50] 5/8 | win +1.00 [+0.50, +1.50] 5/8 |" in text
