@@ -292,8 +292,10 @@ def test_demo_quick_trains_both_models_and_writes_table_csv_and_plot(tmp_path):
     # Two training seeds: every row has its paired interval and the count of seeds that improved.
     clean = next(line for line in lines if line.startswith("clean "))
     assert "/2 " in clean + " " and "[" in clean and "%]" in clean
-    assert any(line.startswith("conclusion (a difference is stated only where") for line in lines)
+    assert any(line.startswith("conclusion (a difference is stated only where it is clear") for line in lines)
     assert any(line.strip().startswith("no clear difference:") for line in lines)
+    assert any(line.strip().startswith("at the threshold:") for line in lines)
+    assert header.split()[11:14] == ["CI", "p", "improved"]
 
     import pandas as pd
 

@@ -93,3 +93,30 @@ def test_t_quantiles_and_detectable_difference():
     assert stats.t_quantile(0.8, 7) == pytest.approx(0.896, abs=1e-3)
     assert stats.detectable_difference(1.0, 8) == pytest.approx((2.365 + 0.896) / math.sqrt(8), abs=1e-3)
     assert stats.detectable_difference(1.0, 1) == math.inf
+
+
+def test_p_value_matches_scipy_and_grades_the_verdict():
+    rng = np.random.default_rng(3)
+    for n, shift in ((5, 0.0), (12, 0.6), (64, 0.25), (64, -0.1)):
+        a = rng.normal(10.0, 1.0, n)
+        b = a + rng.normal(shift, 1.0, n)
+        d = stats.paired_difference(a.tolist(), b.tolist())
+        expected = scipy_stats.ttest_rel(b, a).pvalue
+        assert stats.p_value(d) == pytest.approx(expected, rel=1e-7, abs=1e-12)
+
+    def change(mean: float, sd: float, n: int = 16, lower_is_better: bool = True) -> stats.PairedChange:
+        return stats.PairedChange(mean, 0.0, 0.0, n, 0, 0.95, False, sd, lower_is_better=lower_is_better)
+
+    se = 1.0 / math.sqrt(16)  # sd 1 over 16 seeds
+    t_clear, t_threshold = (stats.t_quantile(1 - p / 2, 15) for p in (stats.CLEAR_P, stats.THRESHOLD_P))
+    assert stats.graded_verdict(change(-(t_clear + 0.01) * se, 1.0)) == "better"
+    assert stats.graded_verdict(change(+(t_clear + 0.01) * se, 1.0)) == "worse"
+    assert stats.graded_verdict(change(-(t_clear - 0.01) * se, 1.0)) == "threshold better"
+    assert stats.graded_verdict(change(+(t_threshold + 0.01) * se, 1.0)) == "threshold worse"
+    assert stats.graded_verdict(change(+(t_threshold - 0.01) * se, 1.0)) == "no clear difference"
+    # higher is better (accuracy): a positive change is the good direction
+    assert stats.graded_verdict(change(+(t_clear + 0.01) * se, 1.0, lower_is_better=False)) == "better"
+    # no spread: any change is certain, none is none; one seed has no p-value
+    assert stats.p_value(change(0.1, 0.0)) == 0.0 and stats.p_value(change(0.0, 0.0)) == 1.0
+    assert math.isnan(stats.p_value(change(0.1, 1.0, n=1)))
+    assert stats.graded_verdict(change(0.1, 1.0, n=1)) == "no clear difference"

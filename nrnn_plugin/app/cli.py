@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--noise", type=_non_negative_float, default=None, help="additive noise level sigma (default: the demo's)"
     )
-    demo.add_argument("--seeds", type=_positive_int, default=None, help="training seeds (default: 32; 2 with --quick)")
+    demo.add_argument("--seeds", type=_positive_int, default=None, help="training seeds (default: 64; 2 with --quick)")
     demo.add_argument(
         "--jobs",
         type=_positive_int,

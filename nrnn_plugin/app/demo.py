@@ -60,7 +60,7 @@ class DemoSettings:
 
 DEFAULT = DemoSettings(
     epochs=15,
-    seeds=tuple(range(32)),
+    seeds=tuple(range(64)),
     hidden_size=32,
     noise=0.3,
     perturbation_seeds=(0, 1),

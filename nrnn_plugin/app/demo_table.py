@@ -2,8 +2,9 @@
 
 :func:`paired_rows` turns the tidy results of :mod:`nrnn_plugin.app.demo` (one row per model, training seed,
 perturbation seed, perturbation, strength and metric) into one :class:`PairedRow` per grid point;
-:func:`comparison_report` prints them with the conclusion, which states a difference only where the paired
-95% interval excludes 0 (:func:`nrnn_plugin.app.stats.verdict`).
+:func:`comparison_report` prints them with the 95% intervals and the conclusion in three grades
+(:func:`nrnn_plugin.app.stats.graded_verdict`): clear (paired t-test p < 0.01), at the detection threshold
+(0.01 <= p < 0.10), no clear difference.
 """
 
 from __future__ import annotations
@@ -13,13 +14,27 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from nrnn_plugin.app.stats import CLEAR_P, THRESHOLD_P
+
 if TYPE_CHECKING:
     from nrnn_plugin.app.demo import DemoSettings
 
 __all__ = ["PairedRow", "paired_rows", "comparison_report"]
 
 
-_VERDICTS = {"better": "lower MAE with noise", "worse": "higher MAE with noise"}
+_VERDICTS = {
+    "better": "lower MAE with noise",
+    "worse": "higher MAE with noise",
+    "threshold better": "at the threshold: lower",
+    "threshold worse": "at the threshold: higher",
+}
+
+
+def _p_text(p: float) -> str:
+    """``0.044``, ``<0.001`` or ``-`` (one seed)."""
+    if p != p:
+        return "-"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
 def _mean_sd(mean: float, sd: float) -> str:
@@ -42,6 +57,7 @@ class PairedRow:
     high: float
     improved: int
     n: int
+    p: float
     verdict: str
 
     @property
@@ -56,7 +72,7 @@ def _per_seed(mae: pd.DataFrame) -> pd.DataFrame:
 
 def paired_rows(results: pd.DataFrame, plain: str, noisy: str) -> list[PairedRow]:
     """Per grid point: both models' mean MAE and the paired per-seed change of ``noisy`` against ``plain``."""
-    from nrnn_plugin.app.stats import paired_difference, verdict
+    from nrnn_plugin.app.stats import graded_verdict, p_value, paired_difference
 
     per_seed = _per_seed(results[results["metric"] == "mae"])
     rows: list[PairedRow] = []
@@ -82,7 +98,8 @@ def paired_rows(results: pd.DataFrame, plain: str, noisy: str) -> list[PairedRow
                 high=d.high * scale,
                 improved=d.improved,
                 n=d.n,
-                verdict=verdict(d) if d.n > 1 else "one seed: no interval",
+                p=p_value(d),
+                verdict=graded_verdict(d) if d.n > 1 else "one seed: no interval",
             )
         )
     return rows
@@ -108,6 +125,7 @@ def comparison_report(
             f"{noisy} MAE",
             "change",
             "95% CI",
+            "p",
             "improved",
             "verdict (noise vs plain)",
         ]
@@ -121,22 +139,24 @@ def comparison_report(
                 _mean_sd(r.noisy, r.noisy_sd),
                 f"{r.change:+.1f}%",
                 f"[{r.low:+.1f}%, {r.high:+.1f}%]" if r.n > 1 else "-",
+                _p_text(r.p),
                 f"{r.improved}/{r.n}",
                 _VERDICTS.get(r.verdict, r.verdict),
             ]
         )
     widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
     text = [
-        "  ".join(c.ljust(w) if i in (0, 7) else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))).rstrip()
+        "  ".join(c.ljust(w) if i in (0, 8) else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))).rstrip()
         for line in table
     ]
     text.insert(1, "  ".join("-" * w for w in widths))
 
-    def listed(kind: str) -> str:
-        chosen = [r for r in rows if r.verdict == kind]
+    def listed(*kinds: str) -> str:
+        chosen = [r for r in rows if r.verdict in kinds]
         return (
             ", ".join(
-                f"{r.label} ({r.change:+.1f}% [{r.low:+.1f}%, {r.high:+.1f}%], {r.improved}/{r.n} seeds)"
+                f"{r.label} ({r.change:+.1f}% [{r.low:+.1f}%, {r.high:+.1f}%], p {_p_text(r.p)}, "
+                f"{r.improved}/{r.n} seeds)"
                 for r in chosen
             )
             or "none"
@@ -146,7 +166,7 @@ def comparison_report(
         f"nrnn demo: {dataset}, {windows} test windows; MAE in the target's units (lower is better), mean ± std over "
         f"{len(seeds)} training seed(s) (each averaged over {len(settings.perturbation_seeds)} perturbation seed(s)); "
         f"change = {noisy} minus {plain}, paired by training seed, in % of the {plain} MAE, with its t-based 95% "
-        f"interval; improved = seeds where noise lowered the MAE",
+        f"interval and the paired t-test's p-value; improved = seeds where noise lowered the MAE",
         "",
         *text,
         "",
@@ -155,9 +175,12 @@ def comparison_report(
     ]
     if len(seeds) > 1:
         lines += [
-            "conclusion (a difference is stated only where its 95% interval excludes 0):",
+            f"conclusion (a difference is stated only where it is clear: p < {CLEAR_P:g}, the 99% interval excludes 0; "
+            f"at the threshold: {CLEAR_P:g} <= p < {THRESHOLD_P:g}, the direction is likely but these seeds do not "
+            "settle it):",
             f"  lower MAE with noise:  {listed('better')}",
             f"  higher MAE with noise: {listed('worse')}",
+            f"  at the threshold:      {listed('threshold better', 'threshold worse')}",
             f"  no clear difference:   {listed('no clear difference')}",
         ]
     else:

@@ -31,6 +31,10 @@ __all__ = [
     "paired_difference",
     "detectable_difference",
     "verdict",
+    "p_value",
+    "graded_verdict",
+    "CLEAR_P",
+    "THRESHOLD_P",
     "t_interval",
     "t_quantile",
     "t_cdf",
@@ -211,3 +215,35 @@ def verdict(change: PairedChange) -> str:
     if not change.clear:
         return "no clear difference"
     return "better" if change.better else "worse"
+
+
+#: :func:`graded_verdict`: a difference is *clear* below this two-sided p-value (the 99% interval excludes 0) ...
+CLEAR_P = 0.01
+#: ... and *at the detection threshold* from :data:`CLEAR_P` up to this one (the 90% interval excludes 0).
+THRESHOLD_P = 0.10
+
+
+def p_value(change: PairedChange) -> float:
+    """Two-sided p-value of the paired t-test of "mean change = 0" (``nan`` for one seed; 0 or 1 when every seed
+    changed by the same amount)."""
+    if change.n < 2:
+        return math.nan
+    if not change.sd > 0:
+        return 0.0 if change.mean != 0 else 1.0
+    t = abs(change.mean) / (change.sd / math.sqrt(change.n))
+    return min(1.0, 2.0 * (1.0 - t_cdf(t, change.n - 1)))
+
+
+def graded_verdict(change: PairedChange, *, clear: float = CLEAR_P, threshold: float = THRESHOLD_P) -> str:
+    """``"better"`` / ``"worse"`` where ``p < clear``; ``"threshold better"`` / ``"threshold worse"`` where
+    ``clear <= p < threshold``; else ``"no clear difference"``.
+
+    A single cut (the 95% interval against 0) turns an effect near it into opposite printed verdicts on two
+    machines whose runs differ only in rounding. The middle grade names those effects instead: the direction is
+    likely, and the number of seeds too small to state it.
+    """
+    p = p_value(change)
+    if not p < threshold:  # nan (one seed) included
+        return "no clear difference"
+    direction = "better" if (change.mean < 0) == change.lower_is_better else "worse"
+    return direction if p < clear else f"threshold {direction}"
