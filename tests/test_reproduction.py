@@ -79,11 +79,17 @@ def test_compare_isas_counts_agreeing_verdicts_and_lists_the_others():
         ]
     )
     second = first.copy()
-    second.loc[2, ["low", "clear"]] = [0.001, True]  # pgd: win on the second run
+    second.loc[2, ["low", "high", "clear"]] = [0.001, 0.019, True]  # pgd: win on the second run, p about 0.03
     merged = compare_isas.compare(first, second)
     assert merged.verdict_a.tolist() == ["win", "loss", "tie"]
     assert merged.verdict_b.tolist() == ["win", "loss", "win"] and merged.agree.sum() == 2
+    # three grades: p about 0.002 for the first two cells (clear), 0.03 for the second run's pgd (at the threshold)
+    assert merged.graded_a.tolist() == ["win", "loss", "tie"]
+    assert merged.graded_b.tolist() == ["win", "loss", "threshold win"] and merged.agree_graded.sum() == 2
     text = compare_isas.report(merged, ("A", "B"), ("a", "b"))
-    assert "**2 of 3 cells agree.**" in text
-    assert "| ECG5000 | noise vs plain | pgd 0.2 | tie +1.00 [-1.00, +3.00] | win +1.00 [+0.10, +3.00] |" in text
+    assert "**2 of 3 cells agree** under the 95% rule; 2 of 3 under the demo's three grades" in text
+    assert (
+        "| ECG5000 | noise vs plain | pgd 0.2 | tie +1.00 [-1.00, +3.00] (tie) | "
+        "win +1.00 [+0.10, +1.90] (threshold win) |"
+    ) in text
     assert "| ECG5000 | clean | win +1.00 [+0.50, +1.50] 5/8 | win +1.00 [+0.50, +1.50] 5/8 |" in text
