@@ -20,7 +20,7 @@ with its t-based 95% interval and the number of seeds that improved (:mod:`nrnn_
 ::
 
     .venv/bin/python benchmarks/reproduce_robustness.py --quick                 # smoke test (minutes)
-    nice -n 10 .venv/bin/python benchmarks/reproduce_robustness.py              # the study (see docs/reproduction.md)
+    .venv/bin/python benchmarks/reproduce_robustness.py                         # the study (see docs/reproduction.md)
 
 Stages ``--stage tune|evaluate|report|all``; every finished trial and run is cached under ``--work``
 (default ``outputs/evidence``), so an interrupted study continues where it stopped. Small results go to
@@ -524,11 +524,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--datasets", nargs="+", default=["ItalyPowerDemand", "digits", "ECG5000", "M3quarterly"])
     parser.add_argument("--arms", nargs="+", default=list(ARMS))
-    parser.add_argument("--seeds", type=int, default=8, help="evaluation seeds per arm (0..N-1)")
-    parser.add_argument("--trials", type=int, default=8, help="trials per tuned arm, the plain trial 0 included")
+    parser.add_argument("--seeds", type=int, default=12, help="evaluation seeds per arm (0..N-1)")
+    parser.add_argument("--trials", type=int, default=12, help="trials per tuned arm, the plain trial 0 included")
     parser.add_argument("--tolerance", type=float, default=0.01, help="rule: allowed relative clean loss")
     parser.add_argument(
-        "--tune-seeds", type=int, default=1, help="training seeds per trial; the study scores their mean"
+        "--tune-seeds", type=int, default=3, help="training seeds per trial; the study scores their mean"
     )
     parser.add_argument("--stage", choices=("tune", "evaluate", "report", "all"), default="all")
     parser.add_argument("--jobs", type=int, default=2, help="worker processes (one thread each)")
@@ -542,7 +542,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cached_only:
         os.environ["EVIDENCE_CACHED_ONLY"] = "1"
     if args.quick:
-        args.seeds, args.trials = 2, 3
+        args.seeds, args.trials, args.tune_seeds = 2, 3, min(args.tune_seeds, 2)
         for budget in BUDGET.values():
             budget.update(epochs=3, patience=2)
         args.work = args.work / "quick"
