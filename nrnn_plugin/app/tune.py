@@ -79,13 +79,19 @@ def run_tune(
         f"{len(datasets.validation)}; perturbation mix {dict(spec.perturbations)}"
     )
 
-    def train_once(candidate: Any, seed: int, label: str, prune: bool) -> dict[str, float]:
-        """One training run of ``candidate`` with training (and noise) seed ``seed``, scored on validation."""
+    def train_once(candidate: Any, offset: int, label: str, prune: bool) -> dict[str, float]:
+        """One training run of ``candidate`` scored on validation: training seed ``trainer.seed + offset``, the
+        noise seed (when the noise section sets one) shifted by ``offset`` too; offset 0 is the run file as is."""
         import lightning.pytorch as pl
 
+        seed = config.trainer.seed + offset
         pl.seed_everything(seed, verbose=False)
         model = training.build_model(config.model, datasets.training)
-        noise = None if candidate.baseline else candidate.noise.replace(seed=seed)
+        noise = None
+        if not candidate.baseline:
+            noise = candidate.noise
+            if noise.seed is not None and offset:
+                noise = noise.replace(seed=noise.seed + offset)
         trained = training.fit_model(
             model,
             datasets,
@@ -108,7 +114,7 @@ def run_tune(
         label = f"trial {candidate.number}" + ("" if candidate.baseline else f" ({_describe(candidate.params)})")
         seeds = [config.trainer.seed + i for i in range(spec.train_seeds)]
         runs = [
-            train_once(candidate, seed, label if len(seeds) == 1 else f"{label} seed {seed}", prune=i == 0)
+            train_once(candidate, i, label if len(seeds) == 1 else f"{label} seed {seed}", prune=i == 0)
             for i, seed in enumerate(seeds)
         ]
         metrics = {key: float(sum(run[key] for run in runs) / len(runs)) for key in runs[0]}

@@ -84,7 +84,7 @@ class TuneSpec(Section):
     seeds: tuple[Seed, ...] = Field((0,), min_length=1, description="perturbation seeds")
     train_seeds: Count = Field(
         1,
-        description="training seeds per trial (trainer.seed, trainer.seed + 1, ...; the noise seeded alike): the "
+        description="training seeds per trial (trainer.seed, trainer.seed + 1, ...; a noise seed shifted alike): the "
         "study scores their mean, trial 0 too. One seed's validation metric moves with the seed and the machine's "
         "rounding, and the rule's choice with it",
     )
