@@ -14,16 +14,17 @@ comparison, and every cell where the verdicts differ with both intervals.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
 import pandas as pd
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from evidence_data import CLASSIFICATION  # noqa: E402  (accuracy, higher is better; the others' metric is an error)
+from reproduce_robustness import HEADLINE  # noqa: E402  (clean and each perturbation's strongest grid point)
+
 KEYS = ["dataset", "arm", "control", "perturbation", "strength"]
-#: Data sets whose metric is an accuracy (higher is better); the others' (M3's MASE) is an error.
-CLASSIFICATION = ("ECG5000", "FaceAll", "ItalyPowerDemand", "digits")
-#: The headline conditions (as in reproduce_robustness.HEADLINE): clean and each perturbation's strongest point.
-HEADLINE = (("white_noise", 0.0), ("white_noise", 0.8), ("salt_and_pepper", 0.1), ("fgsm", 0.2), ("pgd", 0.2))
 
 
 def verdicts(paired: pd.DataFrame) -> pd.Series:
@@ -35,21 +36,22 @@ def verdicts(paired: pd.DataFrame) -> pd.Series:
 def graded(paired: pd.DataFrame) -> pd.Series:
     """The demo's three grades per row (:func:`nrnn_plugin.app.stats.graded_verdict`): ``win`` / ``loss`` where
     the paired t-test's p < 0.01, ``threshold win`` / ``threshold loss`` where 0.01 <= p < 0.10, else ``tie``.
-    The p-value comes from the row's 95% interval: its half-width is ``t_{0.975, n-1}`` standard errors."""
-    from nrnn_plugin.app.stats import CLEAR_P, THRESHOLD_P, t_cdf, t_quantile
+    The per-seed standard deviation comes from the row's 95% interval: its half-width is ``t_{0.975, n-1}``
+    standard errors."""
+    from nrnn_plugin.app.stats import PairedChange, graded_verdict, t_quantile
+
+    words = {"better": "win", "worse": "loss", "threshold better": "threshold win", "threshold worse": "threshold loss"}
 
     def grade(row: pd.Series) -> str:
         n = int(row["n"])
-        se = (row["high"] - row["low"]) / 2 / t_quantile(0.975, n - 1)
-        p = 0.0 if se == 0 else 2 * (1 - t_cdf(abs(row["diff"]) / se, n - 1))
-        if (p == 0.0 and row["diff"] == 0) or p >= THRESHOLD_P:
-            return "tie"
-        word = "win" if row["better_direction"] else "loss"
-        return word if p < CLEAR_P else f"threshold {word}"
+        sd = (row["high"] - row["low"]) / 2 / t_quantile(0.975, n - 1) * math.sqrt(n)
+        change = PairedChange(
+            row["diff"], row["low"], row["high"], n, int(row["improved"]), 0.95, False, sd,
+            lower_is_better=row["dataset"] not in CLASSIFICATION,
+        )  # fmt: skip
+        return words.get(graded_verdict(change), "tie")
 
-    lower = ~paired["dataset"].isin(CLASSIFICATION)
-    direction = (paired["diff"] < 0) == lower
-    return paired.assign(better_direction=direction).apply(grade, axis=1)
+    return paired.apply(grade, axis=1)
 
 
 def compare(first: pd.DataFrame, second: pd.DataFrame) -> pd.DataFrame:
