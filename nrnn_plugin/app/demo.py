@@ -28,7 +28,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 
@@ -163,11 +163,21 @@ def run_demo(
     return DemoResult(results=result.results, table=result.table, files=[out / f.name for f in result.files])
 
 
-def _prepare(dataset: str) -> tuple[pd.DataFrame, Any, str]:
-    """The data set's raw frame, its training/validation/test windows and the CSV file name."""
+class _Prepared(NamedTuple):
+    """A demo data set: the raw frame, its prepared frame and split, its windows and the CSV file name."""
+
+    raw: pd.DataFrame
+    prepared: Any
+    split: Any
+    datasets: Any
+    csv_name: str
+
+
+def _prepare(dataset: str) -> _Prepared:
+    """Load the bundled data set and build its training/validation/test windows."""
     raw, spec, csv_name = load_dataset(dataset)
     prepared, split = split_and_check(prepare_frame(raw, spec, source=csv_name), source=csv_name)
-    return raw, (prepared, split, build_datasets(prepared, split, source=csv_name)), csv_name
+    return _Prepared(raw, prepared, split, build_datasets(prepared, split, source=csv_name), csv_name)
 
 
 def _arms(settings: DemoSettings) -> dict[str, float | None]:
@@ -231,7 +241,7 @@ def _one_seed_in_worker(
     dataset, settings, train_seed, threads = task
     torch.set_num_threads(threads)
     quiet_frameworks()
-    return train_seed, _one_seed(_prepare(dataset)[1][2], settings, train_seed, NullReporter())
+    return train_seed, _one_seed(_prepare(dataset).datasets, settings, train_seed, NullReporter())
 
 
 def _all_seeds(
@@ -277,7 +287,7 @@ def _run(
 ) -> DemoResult:
     from nrnn_plugin.robustness import plot_robustness
 
-    raw, (prepared, split, datasets), csv_name = _prepare(dataset)
+    raw, prepared, split, datasets, csv_name = _prepare(dataset)
     data_file = out / csv_name
     raw.to_csv(data_file, index=False)
     test = datasets.test
